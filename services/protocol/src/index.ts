@@ -1,0 +1,10 @@
+export * from "./errors.js";
+export * from "./framing.js";
+export * from "./names.js";
+export * from "./subjects.js";
+export * from "./ring-codec.js";
+export * from "./probe-spec.js";
+export * from "./log.js";
+export * as ring from "./generated/vesper/ring/v1/ring.js";
+export * as api from "./generated/vesper/api/v1/api.js";
+export * as bus from "./generated/vesper/bus/v1/bus.js";
