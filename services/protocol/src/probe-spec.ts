@@ -45,6 +45,9 @@ function checkKprobe(probe: string, k: KprobeSpec): void {
     if (seen.has(name)) invalid(probe, `kprobe ${k.name}: fetch arg name ${name} used twice`);
     seen.add(name);
   }
+  if (k.waitStatusArg !== "" && !seen.has(k.waitStatusArg)) {
+    invalid(probe, `kprobe ${k.name}: wait_status_arg ${JSON.stringify(k.waitStatusArg)} names no fetch arg`);
+  }
   if (k.isReturn && k.offset !== 0n) invalid(probe, `kprobe ${k.name}: a return probe takes no offset`);
   checkFilter(probe, `kprobe ${k.name}`, k.filter);
 }

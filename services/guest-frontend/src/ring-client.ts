@@ -1,0 +1,166 @@
+/**
+ * The guest end of the ring. The guest initiates everything (the VESPER rule):
+ * Hello, then one outstanding IdleRequest that the host answers with a Command.
+ * The guest executes it, sends a Result and posts the next IdleRequest. Any host
+ * message that does not answer the outstanding request is dropped and counted.
+ * If an answer does not come in time (host restarted, bridge reconnected), the
+ * client starts over with a new Hello.
+ */
+import {
+  decodeHostMessage,
+  encodeGuestMessage,
+  FrameKind,
+  PROTOCOL_VERSION,
+  ring,
+  type Logger,
+} from "@vesper/protocol";
+import type { GuestTransport } from "./transports/transport.js";
+
+export interface CommandHandler {
+  hello(): Promise<ring.Hello>;
+  handle(command: ring.Command): Promise<ring.Result>;
+}
+
+export interface RingClientOptions {
+  guestId: string;
+  /** How long to wait for Welcome before saying Hello again. */
+  helloTimeoutMs?: number;
+  /** Slack on top of the host's idle hold before the idle request counts as lost. */
+  idleSlackMs?: number;
+}
+
+export interface RingClientStats {
+  hellos: number;
+  commands: number;
+  dropped: number;
+  dataMessages: number;
+}
+
+type Outstanding = { readonly seq: bigint; readonly kind: "hello" | "idle" };
+
+export class RingClient {
+  readonly stats: RingClientStats = { hellos: 0, commands: 0, dropped: 0, dataMessages: 0 };
+  private seq = 0n;
+  private outstanding: Outstanding | undefined;
+  private idleHoldMs = 5_000;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly helloTimeoutMs: number;
+  private readonly idleSlackMs: number;
+  private connected = false;
+
+  constructor(
+    private readonly transport: GuestTransport,
+    private readonly handler: CommandHandler,
+    private readonly log: Logger,
+    private readonly opts: RingClientOptions,
+  ) {
+    this.helloTimeoutMs = opts.helloTimeoutMs ?? 3_000;
+    this.idleSlackMs = opts.idleSlackMs ?? 5_000;
+  }
+
+  /** True once the host has welcomed this client (and until an answer goes missing). */
+  get isConnected(): boolean {
+    return this.connected;
+  }
+
+  /** Runs until the signal aborts or the transport ends. */
+  async run(signal: AbortSignal): Promise<void> {
+    const onAbort = (): void => void this.transport.close();
+    signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      await this.sayHello();
+      for await (const bytes of this.transport.incoming()) {
+        if (signal.aborted) break;
+        await this.onHostMessage(bytes);
+      }
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      clearTimeout(this.timer);
+    }
+  }
+
+  /** Probe data flows unanswered and does not wait for an idle request. */
+  async sendData(data: ring.ProbeData): Promise<void> {
+    this.stats.dataMessages++;
+    await this.transport.send(FrameKind.Data, this.encode({ $case: "data", value: data }));
+  }
+
+  async sendStats(stats: ring.ProbeStats): Promise<void> {
+    await this.transport.send(FrameKind.Control, this.encode({ $case: "stats", value: stats }));
+  }
+
+  private encode(body: ring.GuestMessage["body"]): Uint8Array {
+    this.seq++;
+    return encodeGuestMessage({ version: PROTOCOL_VERSION, guestId: this.opts.guestId, seq: this.seq, body });
+  }
+
+  private async post(kind: Outstanding["kind"], body: ring.GuestMessage["body"]): Promise<void> {
+    const bytes = this.encode(body);
+    this.outstanding = { seq: this.seq, kind };
+    this.arm(kind === "hello" ? this.helloTimeoutMs : this.idleHoldMs + this.idleSlackMs);
+    await this.transport.send(FrameKind.Control, bytes);
+  }
+
+  private arm(ms: number): void {
+    clearTimeout(this.timer);
+    const expected = this.outstanding;
+    this.timer = setTimeout(() => {
+      if (this.outstanding !== expected) return;
+      this.connected = false;
+      this.log.warn({ waitingFor: expected?.kind, ms }, "no answer from host; saying hello again");
+      void this.sayHello().catch((err: unknown) => this.log.error({ err }, "hello failed"));
+    }, ms);
+    this.timer.unref();
+  }
+
+  private async sayHello(): Promise<void> {
+    this.stats.hellos++;
+    const hello = await this.handler.hello();
+    await this.post("hello", { $case: "hello", value: hello });
+  }
+
+  private async onHostMessage(bytes: Uint8Array): Promise<void> {
+    let msg: ring.HostMessage;
+    try {
+      msg = decodeHostMessage(bytes);
+    } catch (err) {
+      this.stats.dropped++;
+      this.log.warn({ err: (err as Error).message }, "dropping undecodable host message");
+      return;
+    }
+    const pending = this.outstanding;
+    if (msg.guestId !== this.opts.guestId || pending === undefined || msg.replyTo !== pending.seq) {
+      this.stats.dropped++;
+      this.log.warn({ replyTo: String(msg.replyTo), guest: msg.guestId }, "dropping host message that answers nothing outstanding");
+      return;
+    }
+    this.outstanding = undefined;
+    clearTimeout(this.timer);
+    const body = msg.body;
+    switch (body?.$case) {
+      case "welcome":
+        if (pending.kind !== "hello") break;
+        this.connected = true;
+        if (body.value.idleHoldMs > 0) this.idleHoldMs = body.value.idleHoldMs;
+        this.log.info({ idleHoldMs: this.idleHoldMs }, "host welcomed us");
+        await this.post("idle", { $case: "idle", value: {} });
+        return;
+      case "command": {
+        this.stats.commands++;
+        const result = await this.handler.handle(body.value);
+        await this.transport.send(FrameKind.Control, this.encode({ $case: "result", value: result }));
+        await this.post("idle", { $case: "idle", value: {} });
+        return;
+      }
+      case "error":
+        this.log.error({ code: body.value.code, message: body.value.message }, "host refused our request");
+        break;
+      default:
+        break;
+    }
+    // An error or an answer of the wrong kind: start over after a pause.
+    this.connected = false;
+    this.outstanding = { seq: -1n, kind: "hello" };
+    this.arm(this.helloTimeoutMs);
+  }
+}

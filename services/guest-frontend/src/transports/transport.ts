@@ -1,0 +1,19 @@
+/**
+ * The guest side of the Communication layer. The ring client only ever sees this
+ * interface; which channel carries the frames (virtio-serial, NATS) is decided in
+ * one place (open-transport.ts).
+ */
+import type { FrameKind } from "@vesper/protocol";
+
+export interface GuestTransport {
+  readonly name: "virtio-serial" | "nats";
+  /**
+   * Sends one message. Resolves when the channel has taken it; a slow channel is
+   * felt here as backpressure (the caller stops reading the kernel ring, so the
+   * kernel keeps the events or counts what it overwrites).
+   */
+  send(kind: FrameKind, payload: Uint8Array): Promise<void>;
+  /** Host messages, one payload each, until close(). */
+  incoming(): AsyncIterable<Uint8Array>;
+  close(): Promise<void>;
+}

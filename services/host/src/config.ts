@@ -1,0 +1,83 @@
+/**
+ * All host configuration in one typed place: flags win over environment, which
+ * wins over defaults. Every service reads its part from here.
+ */
+import { parseArgs } from "node:util";
+import { ErrorCode, VesperError } from "@vesper/protocol";
+
+export const SERVICES = ["loader", "listener", "bridge", "gateway"] as const;
+export type ServiceName = (typeof SERVICES)[number];
+
+export interface HostConfig {
+  services: ServiceName[];
+  natsUrl: string;
+  /** gRPC listen address of the gateway. */
+  listen: string;
+  /** Directory of *.json probe files (besides the built-ins). */
+  probeDir: string | undefined;
+  /** Directories the bridge scans for <guest>.sock channel sockets. */
+  socketDirs: string[];
+  /** Also pick up libvirt domains' org.vesper.0 channels. */
+  libvirtDir: string | undefined;
+  /** How long the loader holds a guest's idle request before answering with a ping. */
+  idleHoldMs: number;
+  /** Longest a guest gets to answer a load/unload. */
+  commandTimeoutMs: number;
+}
+
+export const HOST_USAGE = `usage: vesper-host [options]
+  --services LIST      comma-separated: ${SERVICES.join(",")} (default: all, in one process)
+  --nats URL           NATS server (env VESPER_NATS_URL, default 127.0.0.1:4222)
+  --listen ADDR        gRPC address (env VESPER_LISTEN, default 127.0.0.1:50051)
+  --probe-dir DIR      probe files (env VESPER_PROBE_DIR)
+  --socket-dir DIR     guest channel sockets <guest>.sock; repeatable (env VESPER_SOCKET_DIRS, ':'-separated,
+                       default /run/vesper/guests)
+  --libvirt            also use libvirt channels (env VESPER_LIBVIRT=1)
+  --idle-hold-ms N     heartbeat period towards guests (default 2000)
+  --command-timeout-ms N  (default 30000)`;
+
+function positiveInt(name: string, v: string | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new VesperError(ErrorCode.InvalidArgument, `${name} must be a positive whole number, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+export function loadHostConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): HostConfig {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      services: { type: "string" },
+      nats: { type: "string" },
+      listen: { type: "string" },
+      "probe-dir": { type: "string" },
+      "socket-dir": { type: "string", multiple: true },
+      libvirt: { type: "boolean" },
+      "idle-hold-ms": { type: "string" },
+      "command-timeout-ms": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+  });
+  if (values.help === true) {
+    process.stdout.write(`${HOST_USAGE}\n`);
+    process.exit(0);
+  }
+  const services = (values.services ?? SERVICES.join(",")).split(",").map((s) => s.trim()).filter(Boolean);
+  for (const s of services) {
+    if (!(SERVICES as readonly string[]).includes(s)) {
+      throw new VesperError(ErrorCode.InvalidArgument, `unknown service ${JSON.stringify(s)}: choose from ${SERVICES.join(", ")}`);
+    }
+  }
+  const socketDirs = values["socket-dir"] ?? (env.VESPER_SOCKET_DIRS?.split(":").filter(Boolean) ?? ["/run/vesper/guests"]);
+  return {
+    services: services as ServiceName[],
+    natsUrl: values.nats ?? env.VESPER_NATS_URL ?? "127.0.0.1:4222",
+    listen: values.listen ?? env.VESPER_LISTEN ?? "127.0.0.1:50051",
+    probeDir: values["probe-dir"] ?? env.VESPER_PROBE_DIR,
+    socketDirs,
+    libvirtDir: values.libvirt === true || env.VESPER_LIBVIRT === "1" ? "/var/lib/libvirt/qemu/channel/target" : undefined,
+    idleHoldMs: positiveInt("--idle-hold-ms", values["idle-hold-ms"], 2_000),
+    commandTimeoutMs: positiveInt("--command-timeout-ms", values["command-timeout-ms"], 30_000),
+  };
+}

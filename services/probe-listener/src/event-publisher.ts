@@ -1,0 +1,55 @@
+/**
+ * Publishes records to the JetStream events stream with a bounded number of
+ * acks outstanding: fast (acks are pipelined), and a slow server turns into
+ * backpressure on the caller instead of an unbounded queue. Message ids make a
+ * re-sent record a duplicate the stream drops, not a second event.
+ */
+import type { JetStreamClient } from "@nats-io/jetstream";
+import type { Logger } from "@vesper/protocol";
+
+export interface PublisherStats {
+  published: number;
+  failed: number;
+  inflight: number;
+}
+
+export class EventPublisher {
+  readonly stats: PublisherStats = { published: 0, failed: 0, inflight: 0 };
+  private waiters: Array<() => void> = [];
+
+  constructor(
+    private readonly js: JetStreamClient,
+    private readonly log: Logger,
+    private readonly maxInflight = 2048,
+  ) {}
+
+  /** Resolves once the record is handed over (not acked); awaits when too many acks are outstanding. */
+  async publish(subject: string, data: Uint8Array, msgID: string): Promise<void> {
+    while (this.stats.inflight >= this.maxInflight) {
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
+    this.stats.inflight++;
+    this.js.publish(subject, data, { msgID }).then(
+      () => {
+        this.stats.published++;
+        this.done();
+      },
+      (err: unknown) => {
+        this.stats.failed++;
+        this.log.error({ subject, err: (err as Error).message }, "publishing an event failed");
+        this.done();
+      },
+    );
+  }
+
+  private done(): void {
+    this.stats.inflight--;
+    const w = this.waiters.shift();
+    if (w !== undefined) w();
+  }
+
+  /** Waits until every outstanding publish is acked (or failed). */
+  async flush(): Promise<void> {
+    while (this.stats.inflight > 0) await new Promise<void>((r) => setTimeout(r, 5));
+  }
+}

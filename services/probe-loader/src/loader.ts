@@ -1,0 +1,335 @@
+/**
+ * probe-loader: the host end of the ring's control path, and virt_insmod /
+ * virt_rmmod. It answers guests' Hello and idle requests, sends commands only as
+ * answers, records what is loaded where (ProbeStore) and tells the listener when
+ * to start and stop decoding a probe (unload is two-phase, as in the seed).
+ */
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import {
+  api,
+  applyProbeOptions,
+  bus,
+  checkGuestId,
+  decodeGuestMessage,
+  encodeHostMessage,
+  ErrorCode,
+  FrameError,
+  guestOfRingSubject,
+  PROTOCOL_VERSION,
+  ring,
+  specEventNames,
+  subjects,
+  VesperError,
+  type Logger,
+} from "@vesper/protocol";
+import { fromBusError, request, serve, type ProbeStore } from "@vesper/host-common";
+import { GuestSession } from "./guest-session.js";
+import type { ProbeLibrary } from "./probe-library.js";
+
+export interface ProbeLoaderOptions {
+  nc: NatsConnection;
+  library: ProbeLibrary;
+  store: ProbeStore;
+  log: Logger;
+  idleHoldMs?: number;
+  offlineAfterMs?: number;
+  commandTimeoutMs?: number;
+}
+
+const RESULT_ERRORS: Partial<Record<ring.ResultCode, ErrorCode>> = {
+  [ring.ResultCode.RESULT_CODE_INVALID_SPEC]: ErrorCode.InvalidSpec,
+  [ring.ResultCode.RESULT_CODE_ALREADY_LOADED]: ErrorCode.ProbeAlreadyLoaded,
+  [ring.ResultCode.RESULT_CODE_NOT_LOADED]: ErrorCode.ProbeNotLoaded,
+  [ring.ResultCode.RESULT_CODE_KERNEL_REFUSED]: ErrorCode.KernelRefused,
+  [ring.ResultCode.RESULT_CODE_UNSUPPORTED]: ErrorCode.Unsupported,
+};
+
+export class ProbeLoader {
+  readonly counters = { malformed: 0, wrongGuest: 0, unsolicited: 0, unknownResults: 0 };
+  private readonly sessions = new Map<string, GuestSession>();
+  private readonly subs: Subscription[] = [];
+  /** Mutations per guest run one at a time, so insmod/rmmod/reconcile never interleave. */
+  private readonly chains = new Map<string, Promise<unknown>>();
+  private readonly idleHoldMs: number;
+  private readonly offlineAfterMs: number;
+  private readonly commandTimeoutMs: number;
+
+  constructor(private readonly o: ProbeLoaderOptions) {
+    this.idleHoldMs = o.idleHoldMs ?? 2_000;
+    this.offlineAfterMs = o.offlineAfterMs ?? this.idleHoldMs * 3 + 3_000;
+    this.commandTimeoutMs = o.commandTimeoutMs ?? 30_000;
+  }
+
+  start(): void {
+    const { nc, log } = this.o;
+    const ctl = nc.subscribe(subjects.allRingUpCtl, { queue: "vesper-loader" });
+    this.subs.push(ctl);
+    void (async () => {
+      for await (const m of ctl) this.onRingMessage(m.subject, m.data);
+    })();
+    const reply = <T>(k: "response") => (o: { ok: T } | { error: bus.BusError }) =>
+      "ok" in o ? { [k]: o.ok } : { error: o.error };
+    this.subs.push(
+      serve(nc, subjects.loaderInsmod, api.VirtInsmodRequest, bus.InsmodReply, reply("response"), (r) => this.insmod(r), log, { queue: "vesper-loader" }),
+      serve(nc, subjects.loaderRmmod, api.VirtRmmodRequest, bus.RmmodReply, reply("response"), (r) => this.rmmod(r), log, { queue: "vesper-loader" }),
+      serve(nc, subjects.loaderGuests, api.ListGuestsRequest, bus.GuestsReply, reply("response"), () => this.listGuests(), log, { queue: "vesper-loader" }),
+      serve(nc, subjects.loaderProbes, api.ListProbesRequest, bus.ProbesReply, reply("response"), async () => this.listProbes(), log, { queue: "vesper-loader" }),
+    );
+    const channels = nc.subscribe(subjects.allChannels);
+    this.subs.push(channels);
+    void (async () => {
+      for await (const m of channels) {
+        try {
+          const ev = bus.ChannelEvent.decode(m.data);
+          const s = this.sessions.get(ev.guest);
+          if (s !== undefined) s.transport = ev.transport;
+        } catch {
+          /* not ours to judge */
+        }
+      }
+    })();
+    log.info({ idleHoldMs: this.idleHoldMs }, "probe-loader started");
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.subs) s.unsubscribe();
+    for (const s of this.sessions.values()) s.close("probe-loader stopping");
+  }
+
+  // ---- the ring -------------------------------------------------------------
+
+  private reply(guest: string, replyTo: bigint, body: ring.HostMessage["body"]): void {
+    const msg: ring.HostMessage = { version: PROTOCOL_VERSION, guestId: guest, replyTo, body };
+    this.o.nc.publish(subjects.ringDown(guest), encodeHostMessage(msg));
+  }
+
+  private ringError(guest: string, replyTo: bigint, code: ring.RingErrorCode, message: string): void {
+    this.reply(guest, replyTo, { $case: "error", value: { code, message } });
+  }
+
+  private session(guest: string): GuestSession {
+    let s = this.sessions.get(guest);
+    if (s === undefined) {
+      s = new GuestSession(guest, {
+        idleHoldMs: this.idleHoldMs,
+        offlineAfterMs: this.offlineAfterMs,
+        log: this.o.log,
+        send: (replyTo, command) => this.reply(guest, replyTo, { $case: "command", value: command }),
+      });
+      this.sessions.set(guest, s);
+    }
+    return s;
+  }
+
+  private onRingMessage(subject: string, data: Uint8Array): void {
+    const { log } = this.o;
+    const guest = guestOfRingSubject(subject);
+    if (guest === undefined) return;
+    let msg: ring.GuestMessage;
+    try {
+      msg = decodeGuestMessage(data);
+    } catch (err) {
+      this.counters.malformed++;
+      const message = err instanceof FrameError ? err.message : String(err);
+      log.warn({ guest, err: message }, "malformed ring message");
+      const code = message.includes("protocol version")
+        ? ring.RingErrorCode.RING_ERROR_CODE_VERSION_MISMATCH
+        : ring.RingErrorCode.RING_ERROR_CODE_MALFORMED;
+      this.ringError(guest, 0n, code, message);
+      return;
+    }
+    if (msg.guestId !== guest) {
+      this.counters.wrongGuest++;
+      log.warn({ guest, claimed: msg.guestId }, "ring message claims another guest id; dropped");
+      this.ringError(guest, msg.seq, ring.RingErrorCode.RING_ERROR_CODE_WRONG_GUEST, `this channel belongs to guest ${guest}, not ${msg.guestId}`);
+      return;
+    }
+    const body = msg.body;
+    switch (body?.$case) {
+      case "hello":
+        this.onHello(guest, msg.seq, body.value);
+        return;
+      case "idle": {
+        const s = this.sessions.get(guest);
+        if (s?.hello === undefined) {
+          this.counters.unsolicited++;
+          this.ringError(guest, msg.seq, ring.RingErrorCode.RING_ERROR_CODE_UNSOLICITED, "idle request before Hello: say Hello first");
+          return;
+        }
+        s.onIdle(msg.seq);
+        return;
+      }
+      case "result": {
+        const s = this.sessions.get(guest);
+        if (s === undefined || !s.onResult(body.value)) {
+          this.counters.unknownResults++;
+          log.warn({ guest, commandId: String(body.value.commandId) }, "result for no outstanding command; dropped");
+        }
+        return;
+      }
+      default:
+        // Data and stats travel on the data subject; on this one they are out of place.
+        this.counters.unsolicited++;
+        this.ringError(guest, msg.seq, ring.RingErrorCode.RING_ERROR_CODE_UNSOLICITED, `unexpected ${body?.$case ?? "empty"} message on the control channel`);
+    }
+  }
+
+  private onHello(guest: string, seq: bigint, hello: ring.Hello): void {
+    const s = this.session(guest);
+    const rebooted = s.hello !== undefined && s.hello.bootId !== hello.bootId;
+    s.reset(hello);
+    this.o.log.info(
+      { guest, kernel: hello.kernelRelease, loaded: hello.loadedProbes, kprobes: hello.capabilities?.kprobes, rebooted },
+      "guest said hello",
+    );
+    this.reply(guest, seq, { $case: "welcome", value: { idleHoldMs: this.idleHoldMs, maxFrameBytes: 0 } });
+    void this.serial(guest, () => this.reconcile(guest, hello)).catch((err: unknown) =>
+      this.o.log.error({ guest, err: (err as Error).message }, "reconciling probes failed"),
+    );
+  }
+
+  /** Makes the guest's loaded probes match the store: reload what it lost, unload what nobody wants. */
+  private async reconcile(guest: string, hello: ring.Hello): Promise<void> {
+    const wanted = await this.o.store.list(guest);
+    const has = new Set(hello.loadedProbes);
+    for (const entry of wanted) {
+      const spec = entry.spec;
+      if (spec === undefined || has.has(spec.name)) continue;
+      this.o.log.info({ guest, probe: spec.name }, "guest lost a probe it should have; loading it again");
+      await this.loadAndAttach(guest, spec).catch((err: unknown) =>
+        this.o.log.error({ guest, probe: spec.name, err: (err as Error).message }, "reload failed"),
+      );
+    }
+    const wantedNames = new Set(wanted.map((w) => w.spec?.name));
+    for (const name of has) {
+      if (wantedNames.has(name)) continue;
+      this.o.log.info({ guest, probe: name }, "guest has a probe nobody asked for; unloading it");
+      await this.session(guest).run({ $case: "unload", value: { probe: name } }, this.commandTimeoutMs).catch(() => undefined);
+    }
+  }
+
+  private serial<T>(guest: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.chains.get(guest) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    this.chains.set(guest, next.catch(() => undefined));
+    return next;
+  }
+
+  // ---- virt_insmod / virt_rmmod ------------------------------------------------
+
+  private onlineSession(guest: string): GuestSession {
+    checkGuestId(guest);
+    const s = this.sessions.get(guest);
+    if (s === undefined) {
+      throw new VesperError(ErrorCode.UnknownGuest, `guest ${guest} is not known: it has never connected (see \`vesper guests\`)`);
+    }
+    if (!s.online) {
+      throw new VesperError(
+        ErrorCode.GuestOffline,
+        `guest ${guest} is offline: its frontend last answered ${Math.round((Date.now() - s.lastSeen) / 1000)} s ago`,
+      );
+    }
+    return s;
+  }
+
+  private resultError(guest: string, probe: string, r: ring.Result): VesperError | undefined {
+    if (r.code === ring.ResultCode.RESULT_CODE_OK) return undefined;
+    const code = RESULT_ERRORS[r.code] ?? ErrorCode.Internal;
+    return new VesperError(code, `guest ${guest}, probe ${probe}: ${r.message}`, { details: r.kernelLog });
+  }
+
+  private async loadAndAttach(guest: string, spec: ring.ProbeSpec): Promise<ring.LoadedProbe> {
+    const s = this.onlineSession(guest);
+    const result = await s.run({ $case: "load", value: { spec } }, this.commandTimeoutMs);
+    const err = this.resultError(guest, spec.name, result);
+    if (err !== undefined) throw err;
+    if (result.detail?.$case !== "loaded") {
+      throw new VesperError(ErrorCode.Internal, `guest ${guest} loaded ${spec.name} but sent no formats`);
+    }
+    const loaded = result.detail.value;
+    const entry: bus.AttachRequest = { guest, spec, loaded };
+    try {
+      const r = await request(this.o.nc, subjects.listenerAttach, bus.AttachRequest, bus.AttachResponse, entry, { timeoutMs: 10_000 });
+      if (r.error !== undefined) throw fromBusError(r.error);
+      await this.o.store.put(entry);
+    } catch (e) {
+      // Never leave a probe firing in a guest that nobody listens to.
+      await s.run({ $case: "unload", value: { probe: spec.name } }, this.commandTimeoutMs).catch(() => undefined);
+      throw e;
+    }
+    return loaded;
+  }
+
+  async insmod(req: api.VirtInsmodRequest): Promise<api.VirtInsmodResponse> {
+    const guest = req.guest;
+    const entry = this.o.library.get(req.probe);
+    const spec = applyProbeOptions(entry.spec, req.options);
+    return this.serial(guest, async () => {
+      const s = this.onlineSession(guest);
+      if ((await this.o.store.get(guest, spec.name)) !== undefined || s.hello?.loadedProbes.includes(spec.name)) {
+        throw new VesperError(ErrorCode.ProbeAlreadyLoaded, `probe ${spec.name} is already loaded in guest ${guest}; rmmod it first`);
+      }
+      const loaded = await this.loadAndAttach(guest, spec);
+      s.hello?.loadedProbes.push(spec.name);
+      this.o.log.info({ guest, probe: spec.name, instance: loaded.instance }, "probe loaded");
+      return { guest, probe: spec.name, instance: loaded.instance, events: specEventNames(spec) };
+    });
+  }
+
+  async rmmod(req: api.VirtRmmodRequest): Promise<api.VirtRmmodResponse> {
+    const guest = checkGuestId(req.guest);
+    const probe = req.probe;
+    const force = (req.flags & api.RmmodFlag.RMMOD_FLAG_FORCE) !== 0;
+    return this.serial(guest, async () => {
+      const stored = await this.o.store.get(guest, probe);
+      const s = this.sessions.get(guest);
+      const inGuest = s?.hello?.loadedProbes.includes(probe) ?? false;
+      if (stored === undefined && !inGuest) {
+        throw new VesperError(ErrorCode.ProbeNotLoaded, `probe ${probe} is not loaded in guest ${guest} (see \`vesper guests\`)`);
+      }
+      // Phase 1: the host stops listening.
+      const d = await request(this.o.nc, subjects.listenerDetach, bus.DetachRequest, bus.DetachResponse, { guest, probe }, { timeoutMs: 10_000 });
+      if (d.error !== undefined) throw fromBusError(d.error);
+      // Phase 2: the guest unloads.
+      let guestClean = false;
+      try {
+        const session = this.onlineSession(guest);
+        const r = await session.run({ $case: "unload", value: { probe } }, this.commandTimeoutMs);
+        const err = this.resultError(guest, probe, r);
+        if (err !== undefined && err.code !== ErrorCode.ProbeNotLoaded) throw err;
+        guestClean = true;
+        if (session.hello !== undefined) session.hello.loadedProbes = session.hello.loadedProbes.filter((p) => p !== probe);
+      } catch (err) {
+        if (!force) throw err;
+        this.o.log.warn({ guest, probe, err: (err as Error).message }, "forced rmmod: guest did not unload");
+      }
+      await this.o.store.delete(guest, probe);
+      this.o.log.info({ guest, probe, guestClean }, "probe unloaded");
+      return { guest, probe, guestClean };
+    });
+  }
+
+  async listGuests(): Promise<api.ListGuestsResponse> {
+    const guests: api.Guest[] = [];
+    for (const s of this.sessions.values()) {
+      guests.push({
+        id: s.id,
+        state: s.online ? api.GuestState.GUEST_STATE_ONLINE : api.GuestState.GUEST_STATE_OFFLINE,
+        kernelRelease: s.hello?.kernelRelease ?? "",
+        bootId: s.hello?.bootId ?? "",
+        capabilities: s.hello?.capabilities,
+        loadedProbes: [...(s.hello?.loadedProbes ?? [])],
+        lastSeenUnixMs: BigInt(s.lastSeen),
+        transport: s.transport,
+      });
+    }
+    guests.sort((a, b) => a.id.localeCompare(b.id));
+    return { guests };
+  }
+
+  listProbes(): api.ListProbesResponse {
+    return {
+      probes: this.o.library.list().map((e) => ({ name: e.spec.name, description: e.spec.description, spec: e.spec, source: e.source })),
+    };
+  }
+}

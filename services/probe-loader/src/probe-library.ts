@@ -1,0 +1,96 @@
+/**
+ * The probes a user can load by name: the built-ins plus `*.json` probe files
+ * from a directory. A file is validated like any ProbeSpec before it can reach a
+ * guest; a bad file is reported and skipped, never half-loaded.
+ */
+import { readdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { ErrorCode, ring, validateProbeSpec, VesperError, type Logger } from "@vesper/protocol";
+import { builtinProbes } from "./builtin-probes.js";
+
+export interface LibraryEntry {
+  readonly spec: ring.ProbeSpec;
+  /** "builtin" or the file it came from. */
+  readonly source: string;
+}
+
+const SPEC_KEYS = new Set(["name", "description", "kprobes", "tracepoints", "bufferKbPerCpu", "delivery", "flushIntervalMs"]);
+const KPROBE_KEYS = new Set(["name", "symbol", "offset", "fetchArgs", "isReturn", "filter", "waitStatusArg"]);
+const TP_KEYS = new Set(["system", "event", "filter"]);
+
+function checkKeys(where: string, obj: unknown, allowed: Set<string>): void {
+  if (typeof obj !== "object" || obj === null || Array.isArray(obj)) {
+    throw new VesperError(ErrorCode.InvalidSpec, `${where}: expected an object`);
+  }
+  for (const k of Object.keys(obj)) {
+    if (!allowed.has(k)) {
+      throw new VesperError(ErrorCode.InvalidSpec, `${where}: unknown key ${JSON.stringify(k)} (allowed: ${[...allowed].join(", ")})`);
+    }
+  }
+}
+
+/** Parses a probe file (ProbeSpec in protobuf JSON form, camelCase keys; delivery "DELIVERY_MODE_BULK" or "bulk"). */
+export function parseProbeFile(text: string, where: string): ring.ProbeSpec {
+  let obj: unknown;
+  try {
+    obj = JSON.parse(text);
+  } catch (err) {
+    throw new VesperError(ErrorCode.InvalidSpec, `${where}: not valid JSON: ${(err as Error).message}`);
+  }
+  checkKeys(where, obj, SPEC_KEYS);
+  const o = obj as Record<string, unknown>;
+  for (const k of (o.kprobes as unknown[] | undefined) ?? []) checkKeys(`${where}: kprobe`, k, KPROBE_KEYS);
+  for (const t of (o.tracepoints as unknown[] | undefined) ?? []) checkKeys(`${where}: tracepoint`, t, TP_KEYS);
+  if (o.delivery === "urgent" || o.delivery === "bulk") o.delivery = `DELIVERY_MODE_${o.delivery.toUpperCase()}`;
+  try {
+    return validateProbeSpec(ring.ProbeSpec.fromJSON(o));
+  } catch (err) {
+    if (err instanceof VesperError) throw new VesperError(err.code, `${where}: ${err.message}`);
+    throw new VesperError(ErrorCode.InvalidSpec, `${where}: ${(err as Error).message}`);
+  }
+}
+
+export class ProbeLibrary {
+  private readonly entries = new Map<string, LibraryEntry>();
+
+  private constructor() {}
+
+  static async load(probeDir: string | undefined, log: Logger): Promise<ProbeLibrary> {
+    const lib = new ProbeLibrary();
+    for (const spec of builtinProbes) lib.entries.set(spec.name, { spec: validateProbeSpec(spec), source: "builtin" });
+    if (probeDir === undefined) return lib;
+    let files: string[];
+    try {
+      files = (await readdir(probeDir)).filter((f) => f.endsWith(".json")).sort();
+    } catch (err) {
+      log.warn({ probeDir, err: (err as Error).message }, "probe directory not readable; only built-in probes available");
+      return lib;
+    }
+    for (const f of files) {
+      const path = join(probeDir, f);
+      try {
+        const spec = parseProbeFile(await readFile(path, "utf8"), path);
+        if (lib.entries.has(spec.name)) log.warn({ path, probe: spec.name }, "probe file overrides an earlier probe of that name");
+        lib.entries.set(spec.name, { spec, source: path });
+      } catch (err) {
+        log.error({ path, err: (err as Error).message }, "skipping invalid probe file");
+      }
+    }
+    return lib;
+  }
+
+  get(name: string): LibraryEntry {
+    const e = this.entries.get(name);
+    if (e === undefined) {
+      throw new VesperError(
+        ErrorCode.UnknownProbe,
+        `no probe named ${JSON.stringify(name)} in the library (known: ${[...this.entries.keys()].join(", ")}); see \`vesper probes\``,
+      );
+    }
+    return e;
+  }
+
+  list(): LibraryEntry[] {
+    return [...this.entries.values()];
+  }
+}
