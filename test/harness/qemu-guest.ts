@@ -436,12 +436,19 @@ export class QemuGuest {
       for (const p of this.qmpPending.splice(0)) p.reject(new Error("QMP connection closed"));
       this.wakeQmpEvents();
     });
-    await Promise.race([
-      greeting,
-      sleep(Math.max(1, deadline - Date.now())).then(() => {
-        if (!sawGreeting) throw new Error("no QMP greeting");
-      }),
-    ]);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        greeting,
+        new Promise<void>((_, reject) => {
+          timer = setTimeout(() => {
+            if (!sawGreeting) reject(new Error("no QMP greeting"));
+          }, Math.max(1, deadline - Date.now()));
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
     await this.qmp("qmp_capabilities");
   }
 
@@ -487,8 +494,15 @@ export class QemuGuest {
   }
 
   private async doStop(): Promise<void> {
-    const waitExit = (ms: number) =>
-      Promise.race([this.exited.then(() => true), sleep(ms).then(() => false)]);
+    const waitExit = async (ms: number): Promise<boolean> => {
+      let timer: NodeJS.Timeout | undefined;
+      const r = await Promise.race([
+        this.exited.then(() => true),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms))),
+      ]);
+      clearTimeout(timer);
+      return r;
+    };
     if (this.alive) {
       if (this.qmpSock) this.qmp("quit").catch(() => undefined);
       if (!(await waitExit(5000)) && this.alive) {

@@ -14,7 +14,7 @@ export function toFieldValue(v: FieldValue): api.FieldValue {
     return v >= INT64_MIN && v <= INT64_MAX ? { kind: { $case: "int", value: v } } : { kind: { $case: "uint", value: v } };
   }
   if (typeof v === "string") return { kind: { $case: "str", value: v } };
-  return { kind: { $case: "raw", value: v } };
+  return { kind: { $case: "raw", value: Buffer.from(v.buffer, v.byteOffset, v.byteLength) } };
 }
 
 function str(fields: Record<string, FieldValue>, name: string): string | undefined {

@@ -321,6 +321,8 @@ export class ProbeLoader {
         loadedProbes: [...(s.hello?.loadedProbes ?? [])],
         lastSeenUnixMs: BigInt(s.lastSeen),
         transport: s.transport,
+        clockOffsetNs: s.clockOffsetNs ?? 0n,
+        pingRttUs: s.lastRttMs === undefined ? 0 : Math.round(s.lastRttMs * 1000),
       });
     }
     guests.sort((a, b) => a.id.localeCompare(b.id));

@@ -103,11 +103,18 @@ export function readField(dv: DataView, bytes: Uint8Array, rec: number, recLen: 
       if (off + len > recLen) return undefined;
       const s = rec + off;
       if (r.op === OP_DATA_LOC_STR || r.op === OP_REL_LOC_STR) return cString(bytes, s, s + len);
-      return bytes.slice(s, s + len);
+      return copyBytes(bytes, s, s + len);
     }
     default:
-      return bytes.slice(at, at + r.size);
+      return copyBytes(bytes, at, at + r.size);
   }
+}
+
+/** A plain Uint8Array copy (Buffer#slice would return a view). */
+function copyBytes(bytes: Uint8Array, start: number, end: number): Uint8Array {
+  const out = new Uint8Array(end - start);
+  out.set(bytes.subarray(start, end));
+  return out;
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: false });

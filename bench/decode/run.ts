@@ -1,0 +1,100 @@
+/**
+ * ftrace page decode throughput vs a plain copy of the same bytes.
+ *
+ *   node --import tsx bench/decode/run.ts [--seconds 1] [--fixture services/probe-listener/test/fixtures/host-...]
+ *
+ * Uses the captured fixture pages (every fixtures/host-* and fixtures/guest-* directory with
+ * an expected.json listing pages and formats). Ceiling = Buffer#copy of each page into a
+ * preallocated buffer; ratio = decoded pages/s ÷ copied pages/s (goal ≥ 0.5).
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { PageDecoder, parseEventFormat, parseHeaderPage } from "../../services/probe-listener/src/ftrace/index.js";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const fixturesDir = path.join(root, "services/probe-listener/test/fixtures");
+const args = process.argv.slice(2);
+const argOf = (name: string): string | undefined => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const seconds = Number(argOf("--seconds") ?? 1);
+
+interface Manifest {
+  formats: string[];
+  pages: (string | { file: string })[];
+}
+
+function loadFixture(dir: string): { decoder: PageDecoder; pages: Buffer[] } | undefined {
+  const manifestPath = path.join(dir, "expected.json");
+  if (!fs.existsSync(manifestPath)) return undefined;
+  const m = JSON.parse(fs.readFileSync(manifestPath, "utf8")) as Partial<Manifest>;
+  if (!Array.isArray(m.formats) || !Array.isArray(m.pages)) return undefined;
+  const formats = m.formats.map((f) => {
+    const parts = f.split("/"); // events/<system>/<event>/format
+    return parseEventFormat(fs.readFileSync(path.join(dir, f), "utf8"), parts[parts.length - 3] ?? "unknown");
+  });
+  const header = parseHeaderPage(fs.readFileSync(path.join(dir, "header_page"), "utf8"));
+  const pages = m.pages.map((p) => fs.readFileSync(path.join(dir, typeof p === "string" ? p : p.file)));
+  return { decoder: new PageDecoder(formats, header), pages };
+}
+
+function timeIt(seconds: number, body: () => number): { perSec: number; units: number; ms: number } {
+  // warm-up
+  const warmEnd = performance.now() + 200;
+  while (performance.now() < warmEnd) body();
+  let units = 0;
+  const t0 = performance.now();
+  const end = t0 + seconds * 1000;
+  let now = t0;
+  while (now < end) {
+    for (let i = 0; i < 50; i++) units += body();
+    now = performance.now();
+  }
+  const ms = now - t0;
+  return { perSec: (units / ms) * 1000, units, ms };
+}
+
+const dirs = argOf("--fixture")
+  ? [path.resolve(argOf("--fixture")!)]
+  : fs.existsSync(fixturesDir)
+    ? fs.readdirSync(fixturesDir).map((d) => path.join(fixturesDir, d))
+    : [];
+
+let worst = Infinity;
+for (const dir of dirs) {
+  const fx = loadFixture(dir);
+  if (!fx || fx.pages.length === 0) continue;
+  const { decoder, pages } = fx;
+  const eventsPerRound = pages.reduce((n, p) => n + decoder.decode(p).events.length, 0);
+  const bytesPerRound = pages.reduce((n, p) => n + p.length, 0);
+  const target = Buffer.alloc(Math.max(...pages.map((p) => p.length)));
+
+  let sink = 0;
+  const copy = timeIt(seconds, () => {
+    for (const p of pages) sink += p.copy(target);
+    return pages.length;
+  });
+  const decode = timeIt(seconds, () => {
+    for (const p of pages) sink += decoder.decode(p).events.length;
+    return pages.length;
+  });
+  const ratio = decode.perSec / copy.perSec;
+  worst = Math.min(worst, ratio);
+  const evPerPage = eventsPerRound / pages.length;
+  console.log(`${path.relative(root, dir)}: ${pages.length} pages, ${evPerPage.toFixed(1)} events/page, ${bytesPerRound} bytes`);
+  console.log(`  copy   ${fmt(copy.perSec)} pages/s  (${((copy.perSec * bytesPerRound) / pages.length / 1e9).toFixed(2)} GB/s)`);
+  console.log(
+    `  decode ${fmt(decode.perSec)} pages/s  (${fmt(decode.perSec * evPerPage)} events/s, ${((1e9 / decode.perSec / evPerPage) | 0)} ns/event)`,
+  );
+  console.log(`  ratio decode/copy = ${ratio.toFixed(4)} (goal >= 0.5)${sink === -1 ? "" : ""}`);
+}
+if (worst === Infinity) {
+  console.error("no fixtures with pages found under", fixturesDir);
+  process.exitCode = 1;
+}
+
+function fmt(n: number): string {
+  return n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : n.toFixed(0);
+}

@@ -1,0 +1,237 @@
+/**
+ * Everything the CLI prints: tables, event lines (human and JSON), error lines.
+ *
+ * JSON event objects (`vesper watch --json`, one per line):
+ *   guest, probe, event ("system/event"), cpu (number), ts (guest CLOCK_MONOTONIC ns,
+ *   always a decimal STRING: uint64 ns pass 2^53 after ~104 days of uptime),
+ *   received (host wall clock ISO-8601 when the listener decoded it), pid, comm,
+ *   seq (JetStream stream sequence, number), lost_before (number),
+ *   then the event's own fields flattened: int/uint as numbers when they are safe
+ *   integers, else decimal strings; str as strings; raw bytes as lower-case hex.
+ *   A field whose name is one of the keys above is written as `field_<name>` (in the
+ *   human format too, e.g. sched_process_exit's own `pid` next to the common pid).
+ * Loss records: {"loss": {guest, probe, cpu, kernel_lost, pages_lost, seq}}.
+ */
+import { api, ErrorCode, type VesperError } from "@vesper/protocol";
+import { ApiError } from "./client.js";
+
+type Json = string | number | boolean | null | Json[] | { [k: string]: Json };
+
+const RESERVED = new Set(["guest", "probe", "event", "cpu", "ts", "received", "pid", "comm", "seq", "lost_before", "loss"]);
+
+/** A bigint as a number when it is a safe integer, else a decimal string. */
+export function bigintToJson(v: bigint): number | string {
+  return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString();
+}
+
+export function fieldToJson(f: api.FieldValue | undefined): Json {
+  const k = f?.kind;
+  if (k === undefined) return null;
+  switch (k.$case) {
+    case "int":
+    case "uint":
+      return bigintToJson(k.value);
+    case "str":
+      return k.value;
+    case "raw":
+      return Buffer.from(k.value).toString("hex");
+  }
+}
+
+/** Host wall clock of a unix-ns timestamp, ISO-8601 with ms (empty when unset). */
+export function isoOfUnixNs(ns: bigint): string {
+  return ns === 0n ? "" : new Date(Number(ns / 1_000_000n)).toISOString();
+}
+
+export function eventToJson(res: api.WatchEventsResponse): Record<string, Json> | undefined {
+  const k = res.kind;
+  if (k === undefined) return undefined;
+  if (k.$case === "loss") {
+    const l = k.value;
+    return {
+      loss: {
+        guest: l.guest,
+        probe: l.probe,
+        cpu: l.cpu,
+        kernel_lost: bigintToJson(l.kernelLost),
+        pages_lost: bigintToJson(l.pagesLost),
+        seq: bigintToJson(res.streamSeq),
+      },
+    };
+  }
+  const e = k.value;
+  const out: Record<string, Json> = {
+    guest: e.guest,
+    probe: e.probe,
+    event: e.event,
+    cpu: e.cpu,
+    ts: e.ts.toString(),
+    received: isoOfUnixNs(e.receivedUnixNs),
+    pid: e.pid,
+    comm: e.comm,
+    seq: bigintToJson(res.streamSeq),
+    lost_before: bigintToJson(e.lostBefore),
+  };
+  for (const [name, value] of Object.entries(e.fields)) {
+    out[RESERVED.has(name) ? `field_${name}` : name] = fieldToJson(value);
+  }
+  return out;
+}
+
+function fieldToText(f: api.FieldValue | undefined): string {
+  const v = fieldToJson(f);
+  if (typeof v === "string") return v === "" || /[\s"=]/.test(v) ? JSON.stringify(v) : v;
+  return String(v);
+}
+
+/** `<received> <guest>/<probe> cpu<N> <event> pid=<pid> comm=<comm> k=v ...` (loss: a warning line). */
+export function formatEventLine(res: api.WatchEventsResponse): string | undefined {
+  const k = res.kind;
+  if (k === undefined) return undefined;
+  if (k.$case === "loss") {
+    const l = k.value;
+    return `${new Date().toISOString()} ${l.guest}/${l.probe} cpu${l.cpu} WARNING events lost: kernel_lost=${l.kernelLost} pages_lost=${l.pagesLost}`;
+  }
+  const e = k.value;
+  const parts = [
+    isoOfUnixNs(e.receivedUnixNs) || "-",
+    `${e.guest}/${e.probe}`,
+    `cpu${e.cpu}`,
+    e.event,
+    `pid=${e.pid}`,
+    `comm=${fieldToText({ kind: { $case: "str", value: e.comm } })}`,
+  ];
+  for (const [name, value] of Object.entries(e.fields)) {
+    parts.push(`${RESERVED.has(name) ? `field_${name}` : name}=${fieldToText(value)}`);
+  }
+  if (e.lostBefore > 0n) parts.push(`(${e.lostBefore} lost before)`);
+  return parts.join(" ");
+}
+
+export function formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: readonly string[]): string =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
+      .join("  ")
+      .trimEnd();
+  return [line(headers), ...rows.map(line)].join("\n");
+}
+
+export function guestStateName(s: api.GuestState): string {
+  switch (s) {
+    case api.GuestState.GUEST_STATE_ONLINE:
+      return "online";
+    case api.GuestState.GUEST_STATE_OFFLINE:
+      return "offline";
+    default:
+      return "unknown";
+  }
+}
+
+/** "12s ago", "5m ago", "3h ago", "2d ago" or "never". */
+export function ago(unixMs: bigint, now = Date.now()): string {
+  if (unixMs <= 0n) return "never";
+  const s = Math.max(0, Math.round((now - Number(unixMs)) / 1000));
+  if (s < 120) return `${s}s ago`;
+  if (s < 7200) return `${Math.round(s / 60)}m ago`;
+  if (s < 172_800) return `${Math.round(s / 3600)}h ago`;
+  return `${Math.round(s / 86_400)}d ago`;
+}
+
+export function formatGuests(guests: readonly api.Guest[], now = Date.now()): string {
+  if (guests.length === 0) return "no guests known yet: start a guest with the Vesper frontend";
+  return formatTable(
+    ["ID", "STATE", "KERNEL", "PROBES", "LAST SEEN"],
+    guests.map((g) => [
+      g.id,
+      guestStateName(g.state),
+      g.kernelRelease || "-",
+      g.loadedProbes.join(",") || "-",
+      ago(g.lastSeenUnixMs, now),
+    ]),
+  );
+}
+
+export function guestToJson(g: api.Guest): Record<string, Json> {
+  return {
+    id: g.id,
+    state: guestStateName(g.state),
+    kernel: g.kernelRelease,
+    boot_id: g.bootId,
+    transport: g.transport,
+    probes: g.loadedProbes,
+    last_seen: g.lastSeenUnixMs > 0n ? new Date(Number(g.lastSeenUnixMs)).toISOString() : null,
+  };
+}
+
+/** "system/event" names a probe produces: its tracepoints, and its kprobes as vesper_<probe>/<name>. */
+export function probeEvents(p: api.ProbeInfo): string[] {
+  const spec = p.spec;
+  if (spec === undefined) return [];
+  return [
+    ...spec.tracepoints.map((t) => `${t.system}/${t.event}`),
+    ...spec.kprobes.map((k) => `vesper_${spec.name || p.name}/${k.name}`),
+  ];
+}
+
+export function formatProbes(probes: readonly api.ProbeInfo[]): string {
+  if (probes.length === 0) return "no probes in the library";
+  return formatTable(
+    ["NAME", "DESCRIPTION", "EVENTS"],
+    probes.map((p) => [p.name, p.description || "-", probeEvents(p).join(",") || "-"]),
+  );
+}
+
+export function probeToJson(p: api.ProbeInfo): Record<string, Json> {
+  return { name: p.name, description: p.description, source: p.source, events: probeEvents(p) };
+}
+
+/** What the failed command was about, to name it in the error line. */
+export interface ErrorContext {
+  addr: string;
+  guest?: string;
+  probe?: string;
+  timeoutMs?: number;
+}
+
+/** The error line (plus indented detail lines) printed to stderr, starting with "vesper: ". */
+export function formatError(err: VesperError, ctx: ErrorContext): string {
+  const g = ctx.guest ?? "?";
+  const p = ctx.probe ?? "?";
+  let line: string;
+  if (err instanceof ApiError && !err.fromGateway && err.code === ErrorCode.Unavailable) {
+    line = `cannot reach the Vesper gateway at ${ctx.addr} (UNAVAILABLE): is vesper-host running? start it with \`make host\` or set --addr`;
+  } else if (err instanceof ApiError && !err.fromGateway && err.code === ErrorCode.Timeout) {
+    const within = ctx.timeoutMs === undefined ? "" : ` within ${ctx.timeoutMs} ms`;
+    line = `the Vesper gateway at ${ctx.addr} did not answer${within} (DEADLINE_EXCEEDED): raise --timeout, or check vesper-host's log`;
+  } else {
+    switch (err.code) {
+      case ErrorCode.UnknownGuest:
+        line = `guest ${g} is not known: see \`vesper guests\``;
+        break;
+      case ErrorCode.UnknownProbe:
+        line = `probe ${p} is not known: see \`vesper probes\``;
+        break;
+      case ErrorCode.ProbeAlreadyLoaded:
+        line = `probe ${p} is already loaded in guest ${g}: unload it first with \`vesper rmmod ${g} ${p}\``;
+        break;
+      case ErrorCode.ProbeNotLoaded:
+        line = `probe ${p} is not loaded in guest ${g}: see \`vesper guests\``;
+        break;
+      case ErrorCode.GuestOffline:
+        line = `guest ${g} is offline: start it, or forget its probe with \`vesper rmmod --force ${g} ${p}\``;
+        break;
+      case ErrorCode.KernelRefused:
+        line = `guest ${g}'s kernel refused probe ${p}: ${err.message}`;
+        break;
+      case ErrorCode.Unauthenticated:
+      case ErrorCode.PermissionDenied:
+        line = `the gateway refused the call (${err.code}): ${err.message}`;
+        break;
+      default:
+        line = `${err.message} (${err.code})`;
+    }
+  }
+  return [`vesper: ${line}`, ...err.details.map((d) => `  ${d}`)].join("\n");
+}

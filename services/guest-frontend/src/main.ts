@@ -1,0 +1,51 @@
+/**
+ * Guest frontend entry point. Started once at boot; protects itself from the
+ * OOM killer, cleans up what an earlier run left in tracefs, and serves the ring
+ * until told to stop. Every file it needs at run time is opened before the host
+ * can ask for anything, except tracefs and /proc.
+ */
+import { writeFile } from "node:fs/promises";
+import { createLogger } from "@vesper/protocol";
+import { loadFrontendConfig } from "./config.js";
+import { Frontend } from "./frontend.js";
+import { RingClient } from "./ring-client.js";
+import { ProbeEngine, Tracefs } from "./tracefs/index.js";
+import { openTransport } from "./transports/open-transport.js";
+
+// Each blocking tracefs or port read holds a libuv pool thread; set before first use.
+process.env.UV_THREADPOOL_SIZE ??= "64";
+
+const log = createLogger("guest-frontend");
+
+async function main(): Promise<void> {
+  const cfg = loadFrontendConfig(process.argv.slice(2));
+  if (cfg.oomProtect) {
+    await writeFile("/proc/self/oom_score_adj", "-1000").catch((err: unknown) =>
+      log.warn({ err: (err as Error).message }, "cannot protect the frontend from the OOM killer"),
+    );
+  }
+  const tracefs = await Tracefs.open({ root: cfg.tracefsRoot, instancePrefix: cfg.instancePrefix });
+  const engine = new ProbeEngine(tracefs, log);
+  const stale = await engine.cleanupStale();
+  if (stale.length > 0) log.warn({ removed: stale }, "removed probes left by an earlier run");
+  const frontend = new Frontend(tracefs, engine, log, cfg.statsIntervalMs);
+  const transport = await openTransport(cfg, log);
+  const client = new RingClient(transport, frontend, log, { guestId: cfg.guestId });
+  frontend.attach(client);
+
+  const abort = new AbortController();
+  const stop = (sig: string): void => {
+    log.info({ sig }, "stopping: unloading every probe");
+    void frontend.close().finally(() => abort.abort());
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+  log.info({ guest: cfg.guestId, transport: cfg.transport, tracefs: tracefs.root }, "guest frontend started");
+  await client.run(abort.signal);
+  await transport.close();
+}
+
+main().catch((err: unknown) => {
+  log.fatal({ err }, "guest frontend failed");
+  process.exit(1);
+});

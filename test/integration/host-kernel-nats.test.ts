@@ -1,0 +1,134 @@
+/**
+ * Integration on this machine's own kernel, no VM: the guest frontend runs on the
+ * host and talks to real host services over real NATS. This kernel has
+ * tracepoints but no kprobes, so a tracepoint-only probe must work and the
+ * kprobe-based `process` probe must fail with a clear error.
+ */
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { VesperApiClient, ApiError } from "@vesper/cli";
+import { ErrorCode } from "@vesper/protocol";
+import { HostProcess } from "../harness/host-process.js";
+import { waitFor } from "../harness/wait.js";
+
+const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+const TRACEFS = "/sys/kernel/tracing";
+const tag = `it${process.pid}`;
+const guest = `host-${tag}`;
+const prefix = `vesper_${tag}`;
+
+let host: HostProcess;
+let frontend: ChildProcess;
+let client: VesperApiClient;
+
+before(async () => {
+  const runDir = mkdtempSync("/tmp/vesper-it-");
+  const probeDir = path.join(runDir, "probes");
+  mkdirSync(probeDir);
+  // A tracepoint-only probe, as a user would drop into the probe directory.
+  writeFileSync(
+    path.join(probeDir, "exits.json"),
+    JSON.stringify({
+      name: "exits",
+      description: "process exits and fatal signals, tracepoints only",
+      tracepoints: [
+        { system: "sched", event: "sched_process_exit" },
+        { system: "signal", event: "signal_deliver" },
+      ],
+      delivery: "urgent",
+    }),
+  );
+  host = await HostProcess.start({ runDir, probeDir, services: ["loader", "listener", "gateway"] });
+  client = new VesperApiClient(host.address!, { timeoutMs: 30_000 });
+  frontend = spawn(
+    process.execPath,
+    [path.join(REPO_ROOT, "dist", "guest-frontend.mjs"), "--guest-id", guest, "--transport", "nats", "--instance-prefix", prefix, "--no-oom-protect"],
+    { stdio: ["ignore", "ignore", "inherit"] },
+  );
+  await waitFor(`frontend ${guest} online`, async () => (await client.listGuests()).find((g) => g.id === guest && g.state === 1), {
+    timeoutMs: 30_000,
+  });
+});
+
+after(async () => {
+  frontend?.kill("SIGTERM");
+  if (frontend !== undefined && frontend.exitCode === null) await new Promise((r) => frontend.once("exit", r));
+  client?.close();
+  await host?.stop();
+});
+
+function ours(): string[] {
+  return readdirSync(path.join(TRACEFS, "instances")).filter((d) => d.startsWith(prefix.replaceAll("_", "-")) || d.startsWith(prefix));
+}
+
+test("the guest reports this kernel's capabilities", async () => {
+  const g = (await client.listGuests()).find((x) => x.id === guest)!;
+  assert.equal(g.capabilities?.kprobes, existsSync(path.join(TRACEFS, "kprobe_events")));
+  assert.ok((g.capabilities?.cpus ?? 0) >= 1);
+  assert.ok(g.capabilities?.tracepoints.includes("sched:sched_process_exit"));
+});
+
+test("a tracepoint probe sees a killed child's exit, decoded, at a gRPC watcher", { timeout: 120_000 }, async () => {
+  const loaded = await client.insmod({ guest, probe: "exits", options: {} });
+  assert.deepEqual(loaded.events.sort(), ["sched/sched_process_exit", "signal/signal_deliver"]);
+  assert.equal(ours().length, 1, "one tracefs instance for the probe");
+
+  const abort = new AbortController();
+  const stream = client.watch({ guest, probe: "exits" }, { signal: abort.signal });
+  await stream.ready;
+  const child = spawn("sleep", ["300"], { stdio: "ignore" });
+  const pid = child.pid!;
+  await new Promise((r) => child.once("spawn", r));
+  child.kill("SIGKILL");
+  let exit: { comm: string; pid: number; cpu: number } | undefined;
+  let deliver: bigint | undefined;
+  const timer = setTimeout(() => abort.abort(), 60_000);
+  try {
+    for await (const res of stream) {
+      if (res.kind?.$case !== "event") continue;
+      const ev = res.kind.value;
+      if (ev.pid !== pid) continue;
+      if (ev.event === "sched/sched_process_exit") exit = ev;
+      if (ev.event === "signal/signal_deliver") {
+        const k = ev.fields.sig?.kind;
+        deliver = k?.$case === "int" ? k.value : undefined;
+      }
+      if (exit !== undefined && deliver !== undefined) break;
+    }
+  } finally {
+    clearTimeout(timer);
+    stream.cancel();
+  }
+  assert.ok(exit !== undefined, "sched_process_exit of the child arrived");
+  assert.equal(exit.comm, "sleep");
+  assert.equal(deliver, 9n, "signal_deliver says SIGKILL");
+
+  const r = await client.rmmod({ guest, probe: "exits", flags: 0 });
+  assert.equal(r.guestClean, true);
+  assert.deepEqual(ours(), [], "rmmod removed the instance");
+});
+
+test("a kprobe probe on a kernel without kprobes fails with a clear error and leaves nothing", async () => {
+  if (existsSync(path.join(TRACEFS, "kprobe_events"))) return; // this kernel has kprobes: nothing to check here
+  await assert.rejects(
+    client.insmod({ guest, probe: "process", options: {} }),
+    (err: unknown) => {
+      assert.ok(err instanceof ApiError);
+      assert.equal(err.code, ErrorCode.Unsupported);
+      assert.match(err.message, /kprobe/i);
+      return true;
+    },
+  );
+  assert.deepEqual(ours(), []);
+  const g = (await client.listGuests()).find((x) => x.id === guest)!;
+  assert.ok(!g.loadedProbes.includes("process"));
+});
+
+test("loading an unknown probe or into an unknown guest says so", async () => {
+  await assert.rejects(client.insmod({ guest, probe: "nosuch", options: {} }), (e: unknown) => e instanceof ApiError && e.code === ErrorCode.UnknownProbe);
+  await assert.rejects(client.insmod({ guest: `nobody-${tag}`, probe: "exits", options: {} }), (e: unknown) => e instanceof ApiError && e.code === ErrorCode.UnknownGuest);
+});
