@@ -21,23 +21,39 @@ const argOf = (name: string): string | undefined => {
 };
 const seconds = Number(argOf("--seconds") ?? 1);
 
-interface Manifest {
-  formats: string[];
-  pages: (string | { file: string })[];
+interface HostManifest {
+  formats: string[]; // events/<system>/<event>/format
+  pages: { file: string }[];
+}
+interface GuestManifest {
+  page_size: number;
+  formats: Record<string, string>; // "<system>/<event>" -> path
+  captures: Record<string, { raw: string }>;
 }
 
+/** Loads a host-* (capture-host-fixture.ts) or guest-* (guest harness) fixture directory. */
 function loadFixture(dir: string): { decoder: PageDecoder; pages: Buffer[] } | undefined {
   const manifestPath = path.join(dir, "expected.json");
   if (!fs.existsSync(manifestPath)) return undefined;
-  const m = JSON.parse(fs.readFileSync(manifestPath, "utf8")) as Partial<Manifest>;
-  if (!Array.isArray(m.formats) || !Array.isArray(m.pages)) return undefined;
-  const formats = m.formats.map((f) => {
-    const parts = f.split("/"); // events/<system>/<event>/format
-    return parseEventFormat(fs.readFileSync(path.join(dir, f), "utf8"), parts[parts.length - 3] ?? "unknown");
-  });
+  const json = JSON.parse(fs.readFileSync(manifestPath, "utf8")) as Record<string, unknown>;
   const header = parseHeaderPage(fs.readFileSync(path.join(dir, "header_page"), "utf8"));
-  const pages = m.pages.map((p) => fs.readFileSync(path.join(dir, typeof p === "string" ? p : p.file)));
-  return { decoder: new PageDecoder(formats, header), pages };
+  const read = (f: string): string => fs.readFileSync(path.join(dir, f), "utf8");
+  if (Array.isArray(json.formats) && Array.isArray(json.pages)) {
+    const m = json as unknown as HostManifest;
+    const formats = m.formats.map((f) => parseEventFormat(read(f), f.split("/")[1] ?? "unknown"));
+    return { decoder: new PageDecoder(formats, header), pages: m.pages.map((p) => fs.readFileSync(path.join(dir, p.file))) };
+  }
+  if (json.formats && !Array.isArray(json.formats) && json.captures && json.page_size) {
+    const m = json as unknown as GuestManifest;
+    const formats = Object.entries(m.formats).map(([key, f]) => parseEventFormat(read(f), key.split("/")[0] ?? "unknown"));
+    const pages: Buffer[] = [];
+    for (const cap of Object.values(m.captures)) {
+      const raw = fs.readFileSync(path.join(dir, cap.raw));
+      for (let off = 0; off + m.page_size <= raw.length; off += m.page_size) pages.push(raw.subarray(off, off + m.page_size));
+    }
+    return { decoder: new PageDecoder(formats, header), pages };
+  }
+  return undefined;
 }
 
 function timeIt(seconds: number, body: () => number): { perSec: number; units: number; ms: number } {

@@ -34,6 +34,24 @@ if (hostDir) {
   realFormatTexts.push(...texts);
   realFormats = exp.formats.map((f, i) => parseEventFormat(texts[i]!, f.split("/")[1]!));
 }
+const guestDir = path.join(fixturesDir, "guest-6.1");
+if (fs.existsSync(path.join(guestDir, "expected.json"))) {
+  const exp = JSON.parse(fs.readFileSync(path.join(guestDir, "expected.json"), "utf8")) as {
+    page_size: number;
+    formats: Record<string, string>;
+    captures: Record<string, { raw: string }>;
+  };
+  for (const cap of Object.values(exp.captures)) {
+    const raw = fs.readFileSync(path.join(guestDir, cap.raw));
+    for (let off = 0; off + exp.page_size <= raw.length; off += exp.page_size) realPages.push(raw.subarray(off, off + exp.page_size));
+  }
+  const kprobe = exp.formats["vesper_fixture/exit"];
+  if (kprobe) {
+    const text = fs.readFileSync(path.join(guestDir, kprobe), "utf8");
+    realFormatTexts.push(text);
+    realFormats.push(parseEventFormat(text, "vesper_fixture"));
+  }
+}
 if (realPages.length === 0) realPages.push(new PageBuilder({ timestamp: 1n }).event(encodeRecord(exitFmt, 1, { code: 1n, comm: "x" })).build());
 
 const decoder = new PageDecoder([everything, exitFmt, ...realFormats], header, {
