@@ -22,7 +22,7 @@ await Promise.all(
       legalComments: "none",
       logLevel: "warning",
       // CommonJS dependencies call require() for node builtins.
-      banner: { js: "#!/usr/bin/env node\nimport { createRequire as __vesperCreateRequire } from 'node:module';\nconst require = __vesperCreateRequire(import.meta.url);" },
+      banner: { js: "import { createRequire as __vesperCreateRequire } from 'node:module';\nconst require = __vesperCreateRequire(import.meta.url);" },
     }),
   ),
 );

@@ -67,7 +67,11 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     );
     say(`guest ${o.guest} online: kernel ${g.kernelRelease}, kprobes=${g.capabilities?.kprobes}`);
     await cli("guests");
-    if (g.loadedProbes.includes("process")) await cli("rmmod", o.guest, "process");
+    // A probe left by an earlier, interrupted run is reloaded by the host when the guest says hello;
+    // start from a clean slate.
+    await client.rmmod({ guest: o.guest, probe: "process", flags: 1 }).catch((err: unknown) => {
+      if ((err as { code?: string }).code !== "PROBE_NOT_LOADED") throw err;
+    });
     await cli("insmod", o.guest, "process");
 
     const abort = new AbortController();

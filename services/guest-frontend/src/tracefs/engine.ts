@@ -4,6 +4,7 @@
  * completes or leaves nothing behind (rollback), and unload verifies that nothing
  * of the probe is left in tracefs.
  */
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
@@ -359,8 +360,9 @@ export class ProbeEngine {
       problems.push(`${what}: ${errnoOf(err) ?? messageOf(err)}`);
       this.log.warn({ probe: st.spec.name, what, err: messageOf(err) }, "tracefs cleanup step failed");
     };
-    await writeText(path.join(st.dir, "tracing_on"), "0").catch((e: unknown) => note("tracing_on 0", e));
     st.abort.abort();
+    await wakeReaders(st.dir, st.cpus);
+    await writeText(path.join(st.dir, "tracing_on"), "0").catch((e: unknown) => note("tracing_on 0", e));
     for (const ev of [...st.enabled].reverse()) {
       await writeText(path.join(st.dir, "events", ev.system, ev.name, "enable"), "0").catch((e: unknown) => note(`disable ${ev.system}:${ev.name}`, e));
     }
@@ -488,4 +490,27 @@ export class ProbeEngine {
     if (removed.length > 0) this.log.info({ removed }, "removed stale probes from tracefs");
     return removed;
   }
+}
+
+/**
+ * Makes blocked trace_pipe_raw reads return. Neither `tracing_on = 0` nor close()
+ * wakes them on 6.1 (the guest kernel); an event in the CPU's buffer does. So while
+ * tracing is still on, write a marker on every CPU: from this thread for whichever
+ * CPU it runs on, and through `taskset` for each CPU when there are several
+ * (spawning children is fine here: the readers are being torn down anyway).
+ */
+async function wakeReaders(dir: string, cpus: readonly number[]): Promise<void> {
+  const marker = path.join(dir, "trace_marker");
+  await writeText(marker, "vesper: unloading\n").catch(() => undefined);
+  if (cpus.length <= 1) return;
+  await Promise.all(
+    cpus.map(
+      (cpu) =>
+        new Promise<void>((resolve) => {
+          const child = spawn("taskset", ["-c", String(cpu), "sh", "-c", 'echo "vesper: unloading" > "$0"', marker], { stdio: "ignore" });
+          child.once("error", () => resolve());
+          child.once("exit", () => resolve());
+        }),
+    ),
+  );
 }
