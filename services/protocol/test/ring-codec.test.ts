@@ -1,0 +1,39 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import fc from "fast-check";
+import { decodeGuestMessage, decodeHostMessage, encodeGuestMessage, FrameError, PROTOCOL_VERSION, ring } from "../src/index.js";
+
+test("any bytes decode to a guest message or a MALFORMED FrameError", () => {
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 4096 }), (bytes) => {
+      try {
+        const m = decodeGuestMessage(bytes);
+        assert.equal(m.version, PROTOCOL_VERSION);
+        assert.ok(m.body !== undefined);
+      } catch (err) {
+        assert.ok(err instanceof FrameError, String(err));
+        assert.equal(err.code, "MALFORMED");
+      }
+    }),
+    { numRuns: 2000 },
+  );
+});
+
+test("a guest message of another protocol version is refused with a message that says so", () => {
+  const bytes = ring.GuestMessage.encode({ version: 7 as ring.ProtocolVersion, guestId: "g", seq: 1n, body: { $case: "idle", value: {} } }).finish();
+  assert.throws(() => decodeGuestMessage(bytes), /protocol version 7 not supported/);
+});
+
+test("guest messages round-trip", () => {
+  const msg: ring.GuestMessage = {
+    version: PROTOCOL_VERSION,
+    guestId: "web1",
+    seq: 42n,
+    body: { $case: "data", value: { probe: "process", pages: [{ cpu: 1, seq: 7n, page: Buffer.alloc(4096, 3) }] } },
+  };
+  assert.deepEqual(decodeGuestMessage(encodeGuestMessage(msg)), msg);
+});
+
+test("host message bytes that are not a host message are refused", () => {
+  assert.throws(() => decodeHostMessage(Buffer.from([0xff, 0xff, 0xff])), FrameError);
+});
