@@ -204,7 +204,7 @@ export class ProbeListener {
         await this.publisher.publish(
           subject,
           api.WatchEventsResponse.encode({ kind: { $case: "loss", value: loss }, streamSeq: 0n }).finish(),
-          `${a.loadId}.${p.cpu}.${p.seq}.loss`,
+          `${guest}.${a.probe}.${a.loadId}.${p.cpu}.${p.seq}.loss`,
         );
       }
       const receivedUnixNs = BigInt(Date.now()) * 1_000_000n;
@@ -216,7 +216,7 @@ export class ProbeListener {
         await this.publisher.publish(
           subject,
           api.WatchEventsResponse.encode({ kind: { $case: "event", value: event }, streamSeq: 0n }).finish(),
-          `${a.loadId}.${p.cpu}.${p.seq}.${index}`,
+          `${guest}.${a.probe}.${a.loadId}.${p.cpu}.${p.seq}.${index}`,
         );
         index++;
         a.events++;

@@ -1,0 +1,121 @@
+/**
+ * The probe-listener on real NATS/JetStream, fed pages captured from the guest
+ * kernel: every loss is reported (the kernel's missed-events count, gaps in the
+ * page sequence), replays are dropped, and events arrive decoded with their
+ * wait-status fields.
+ */
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { connectNats, ProbeStore, request } from "@vesper/host-common";
+import { ProbeListener } from "@vesper/probe-listener";
+import { api, bus, createLogger, encodeGuestMessage, EVENTS_STREAM, PROTOCOL_VERSION, ring, subjects } from "@vesper/protocol";
+import { waitFor } from "../harness/wait.js";
+
+const FIX = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../services/probe-listener/test/fixtures/guest-6.1");
+const read = (p: string): string => readFileSync(path.join(FIX, p), "utf8");
+const guest = `loss${process.pid}`;
+const log = createLogger("test", "silent");
+
+let nc: NatsConnection;
+let listener: ProbeListener;
+
+const spec: ring.ProbeSpec = {
+  name: "fixture",
+  description: "",
+  kprobes: [{ name: "exit", symbol: "do_exit", offset: 0n, fetchArgs: ["code=%di:s64", "comm=$comm"], isReturn: false, filter: "", waitStatusArg: "code" }],
+  tracepoints: ["sched_process_exit", "sched_process_exec", "sched_process_fork"].map((event) => ({ system: "sched", event, filter: "" })).concat([{ system: "signal", event: "signal_deliver", filter: "" }]),
+  bufferKbPerCpu: 64,
+  delivery: ring.DeliveryMode.DELIVERY_MODE_URGENT,
+  flushIntervalMs: 200,
+};
+
+function formats(): ring.EventFormat[] {
+  const expected = JSON.parse(read("expected.json")) as { formats: Record<string, string> };
+  return Object.entries(expected.formats).map(([name, file]) => {
+    const text = read(file);
+    const [system = "", event = ""] = name.split("/");
+    return { system, name: event, id: Number(/^ID: (\d+)/m.exec(text)?.[1]), format: text };
+  });
+}
+
+function pages(capture: string): Buffer[] {
+  const raw = readFileSync(path.join(FIX, capture, "cpu0.raw"));
+  const out: Buffer[] = [];
+  for (let o = 0; o + 4096 <= raw.length; o += 4096) out.push(raw.subarray(o, o + 4096));
+  return out;
+}
+
+let seq = 0n;
+function send(probe: string, cpu: number, pageSeq: bigint, page: Buffer, guestId = guest): void {
+  seq++;
+  const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId, seq, body: { $case: "data", value: { probe, pages: [{ cpu, seq: pageSeq, page }] } } };
+  nc.publish(subjects.ringUpData(guest), encodeGuestMessage(msg));
+}
+
+before(async () => {
+  nc = await connectNats({ name: "test-listener-losses", log });
+  listener = new ProbeListener({ nc, log, store: await ProbeStore.open(nc) });
+  await listener.start();
+  const loaded: ring.LoadedProbe = { instance: "vesper-fixture", formats: formats(), headerPage: read("header_page"), pageSize: 4096, cpus: 1, loadId: BigInt(Date.now()) };
+  const r = await request(nc, subjects.listenerAttach, bus.AttachRequest, bus.AttachResponse, { guest, spec, loaded });
+  assert.equal(r.error, undefined);
+});
+
+after(async () => {
+  await listener.stop();
+  await nc.drain();
+});
+
+async function collect(startSeq: number, until: (rs: api.WatchEventsResponse[]) => boolean): Promise<api.WatchEventsResponse[]> {
+  const js = jetstream(nc);
+  const c = await js.consumers.get(EVENTS_STREAM, { filter_subjects: subjects.events(guest, "fixture"), opt_start_seq: startSeq });
+  const out: api.WatchEventsResponse[] = [];
+  const msgs = await c.consume();
+  const timer = setTimeout(() => void msgs.stop(), 30_000);
+  for await (const m of msgs) {
+    out.push(api.WatchEventsResponse.decode(m.data));
+    if (until(out)) break;
+  }
+  clearTimeout(timer);
+  await msgs.close();
+  return out;
+}
+
+test("kernel-reported losses, sequence gaps and replays are all accounted for", async () => {
+  const info = await (await jetstreamManager(nc)).streams.info(EVENTS_STREAM);
+  const start = Number(info.state.last_seq) + 1;
+  const [overflow] = pages("overflow");
+  const [basic] = pages("basic");
+  send("fixture", 0, 1n, overflow!); // page header: 877 events overwritten before it
+  send("fixture", 0, 3n, basic!); // page 2 never arrived
+  send("fixture", 0, 3n, basic!); // a replay
+  send("nosuch", 0, 1n, basic!); // a probe nobody listens to
+  const rs = await collect(start, (r) => r.filter((x) => x.kind?.$case === "loss").length >= 2 && r.some((x) => x.kind?.$case === "event" && x.kind.value.pageSeq === 3n && x.kind.value.event === "vesper_fixture/exit" && x.kind.value.pid === 207));
+  const losses = rs.flatMap((r) => (r.kind?.$case === "loss" ? [r.kind.value] : []));
+  assert.equal(losses[0]?.kernelLost, 877n);
+  assert.equal(losses[0]?.pagesLost, 0n);
+  assert.equal(losses[1]?.pagesLost, 1n, "the missing page 2 is reported");
+  const events = rs.flatMap((r) => (r.kind?.$case === "event" ? [r.kind.value] : []));
+  const first = events.find((e) => e.pageSeq === 1n);
+  assert.equal(first?.lostBefore, 877n, "the first event after the overwrite says how many came before it");
+  const exit3 = events.find((e) => e.pageSeq === 3n && e.event === "vesper_fixture/exit" && e.pid === 207)!;
+  assert.equal(exit3.fields.exit_code?.kind?.$case === "int" && exit3.fields.exit_code.kind.value, 3n);
+  const killed = events.find((e) => e.pageSeq === 3n && e.event === "vesper_fixture/exit" && e.pid === 206)!;
+  assert.equal(killed.fields.signal?.kind?.$case === "int" && killed.fields.signal.kind.value, 9n);
+  assert.equal(killed.comm, "sleep");
+  // The replay added nothing: each (page, index) appears once.
+  const keys = events.map((e) => `${e.pageSeq}.${e.index}`);
+  assert.equal(new Set(keys).size, keys.length);
+  await waitFor("the unknown-probe drop to be counted", () => listener.counts(guest).unknownProbe === 1, { timeoutMs: 10_000 });
+});
+
+test("data that claims another guest is dropped and counted, not published", async () => {
+  const before = listener.counts(guest).wrongGuest;
+  send("fixture", 0, 10n, pages("basic")[0]!, "someone-else");
+  await waitFor("the wrong-guest drop to be counted", () => listener.counts(guest).wrongGuest === before + 1, { timeoutMs: 10_000 });
+});
