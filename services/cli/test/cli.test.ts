@@ -9,8 +9,10 @@ import { serve } from "@vesper/host-common";
 import { api, bus, createLogger, ErrorCode, EVENTS_STREAM, subjects, VesperError } from "@vesper/protocol";
 import { main } from "../src/main.js";
 import { eventToJson, formatEventLine } from "../src/format.js";
+import { privateNatsUrl, stopPrivateNats } from "../../gateway/test/helpers.js";
 
-const NATS_URL = process.env.VESPER_NATS_URL ?? "127.0.0.1:4222";
+after(stopPrivateNats);
+
 const log = createLogger("cli-test", "silent");
 const uniq = (p: string): string => `${p}-${randomBytes(4).toString("hex")}`;
 
@@ -74,7 +76,7 @@ describe("vesper CLI against a gateway on real NATS", () => {
   const ghost = uniq("ghost");
 
   before(async () => {
-    nc = await connect({ servers: NATS_URL });
+    nc = await connect({ servers: await privateNatsUrl() });
     js = jetstream(nc);
     gw = await startGateway({ nc, listen: "127.0.0.1:0", log });
     addr = ["--addr", gw.address];

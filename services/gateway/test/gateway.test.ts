@@ -15,8 +15,11 @@ import {
   publishEvent,
   quietLog,
   reader,
+  stopPrivateNats,
   uniq,
 } from "./helpers.js";
+
+after(stopPrivateNats);
 
 function unary<Req, Res>(
   fn: (req: Req, md: Metadata, opts: { deadline: Date }, cb: (err: ServiceError | null, res: Res) => void) => unknown,

@@ -1,11 +1,32 @@
-/** Test helpers: real NATS at 127.0.0.1:4222 (or VESPER_NATS_URL), a fake probe-loader, event publishing. */
+/**
+ * Test helpers: a real, private nats-server (the fake loader below must not meet a real
+ * probe-loader on the machine's shared NATS), a fake probe-loader, event publishing.
+ */
 import { randomBytes } from "node:crypto";
 import { connect, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import { serve } from "@vesper/host-common";
 import { api, bus, createLogger, subjects, type Logger } from "@vesper/protocol";
 
-export const NATS_URL = process.env.VESPER_NATS_URL ?? "127.0.0.1:4222";
+import { NatsServer } from "../../../test/harness/nats-server.js";
+
+let server: NatsServer | undefined;
+let url: string | undefined;
+
+/** Starts the private server once per test file; its URL is then used by connectNats(). */
+export async function privateNatsUrl(): Promise<string> {
+  if (url === undefined) {
+    server = await NatsServer.start();
+    url = server.url;
+  }
+  return url;
+}
+
+export async function stopPrivateNats(): Promise<void> {
+  await server?.stop();
+  server = undefined;
+  url = undefined;
+}
 export const quietLog: Logger = createLogger("test", process.env.VESPER_LOG_LEVEL ?? "silent");
 
 export function uniq(prefix: string): string {
@@ -13,7 +34,7 @@ export function uniq(prefix: string): string {
 }
 
 export async function connectNats(): Promise<NatsConnection> {
-  return connect({ servers: NATS_URL, name: "vesper-test" });
+  return connect({ servers: await privateNatsUrl(), name: "vesper-test" });
 }
 
 export interface FakeLoaderHandlers {
