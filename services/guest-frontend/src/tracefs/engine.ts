@@ -497,7 +497,8 @@ export class ProbeEngine {
  * wakes them on 6.1 (the guest kernel); an event in the CPU's buffer does. So while
  * tracing is still on, write a marker on every CPU: from this thread for whichever
  * CPU it runs on, and through `taskset` for each CPU when there are several
- * (spawning children is fine here: the readers are being torn down anyway).
+ * (spawning children is fine here: the readers are being torn down anyway). The
+ * children inherit our oom_score_adj of -1000, so they reset theirs first.
  */
 async function wakeReaders(dir: string, cpus: readonly number[]): Promise<void> {
   const marker = path.join(dir, "trace_marker");
@@ -507,7 +508,7 @@ async function wakeReaders(dir: string, cpus: readonly number[]): Promise<void> 
     cpus.map(
       (cpu) =>
         new Promise<void>((resolve) => {
-          const child = spawn("taskset", ["-c", String(cpu), "sh", "-c", 'echo "vesper: unloading" > "$0"', marker], { stdio: "ignore" });
+          const child = spawn("taskset", ["-c", String(cpu), "sh", "-c", 'echo 0 > /proc/self/oom_score_adj; echo "vesper: unloading" > "$0"', marker], { stdio: "ignore" });
           child.once("error", () => resolve());
           child.once("exit", () => resolve());
         }),
