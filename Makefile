@@ -4,8 +4,10 @@ NODE_TEST := node --import tsx --test --test-concurrency=1 --test-reporter=spec
 UNIT_TESTS := $(shell find services -path '*/node_modules' -prune -o -name '*.test.ts' -print 2>/dev/null | grep -v '/test/integration/' | sort)
 INTEGRATION_TESTS := $(sort $(wildcard test/integration/*.test.ts))
 E2E_TESTS := $(sort $(wildcard test/e2e/*.test.ts))
+# Time-bounded fuzzing of everything read from guests (VESPER_FUZZ_SECONDS, default 30).
+FUZZ_TESTS := $(sort $(wildcard test/fuzz/*.test.ts))
 
-.PHONY: all deps build gen guest-image demo test test-unit test-integration test-e2e host clean bench
+.PHONY: all deps build gen guest-image demo test test-unit test-integration test-e2e test-fuzz host clean bench pacemaker-deps test-failover bench-failover
 
 all: build
 
@@ -26,10 +28,13 @@ demo: guest-image
 	node --import tsx scripts/demo.ts
 
 test: guest-image
-	$(NODE_TEST) $(UNIT_TESTS) $(INTEGRATION_TESTS) $(E2E_TESTS)
+	$(NODE_TEST) $(UNIT_TESTS) $(FUZZ_TESTS) $(INTEGRATION_TESTS) $(E2E_TESTS)
 
 test-unit: build
 	$(NODE_TEST) $(UNIT_TESTS)
+
+test-fuzz: build
+	$(NODE_TEST) $(FUZZ_TESTS)
 
 test-integration: build
 	$(NODE_TEST) $(INTEGRATION_TESTS)
@@ -37,9 +42,41 @@ test-integration: build
 test-e2e: guest-image
 	$(NODE_TEST) $(E2E_TESTS)
 
+# The failover evaluation with real two-node Pacemaker clusters in namespaces (a few minutes; not in `make test`).
+pacemaker-deps:
+	@command -v crm_resource >/dev/null && command -v corosync >/dev/null || \
+	  apt-get install -y --no-install-recommends corosync pacemaker pacemaker-cli-utils
+
+test-failover: guest-image pacemaker-deps
+	$(NODE_TEST) test/failover/failover.test.ts
+
+# bench/failover: per scenario, failure -> Vesper event / Pacemaker recovery / HTTP again, vs 10 s polling monitors.
+bench-failover: guest-image pacemaker-deps
+	node --import tsx bench/failover/run.ts $(BENCH_FAILOVER_ARGS)
+
 # Host services in one process, in the foreground.
 host: build
 	node dist/vesper-host.mjs
 
 clean:
 	rm -rf dist .cache services/protocol/src/generated
+
+# Benchmarks (not part of `make test`): one command each, results in bench/results/<name>.md + .svg.
+BENCH_RUN := node --import tsx
+.PHONY: bench-latency bench-throughput bench-overhead bench-scale bench-decode
+bench: bench-decode bench-latency bench-throughput bench-overhead bench-scale
+
+bench-decode: build
+	$(BENCH_RUN) bench/decode/run.ts
+
+bench-latency: guest-image
+	$(BENCH_RUN) bench/latency/run.ts
+
+bench-throughput: guest-image
+	$(BENCH_RUN) bench/throughput/run.ts
+
+bench-overhead: guest-image
+	$(BENCH_RUN) bench/overhead/run.ts
+
+bench-scale: build
+	$(BENCH_RUN) bench/scale/run.ts --sizes 1,10,100

@@ -123,6 +123,15 @@ test("a kprobe probe on a kernel without kprobes fails with a clear error and le
       return true;
     },
   );
+  // The probe groups that need kprobes say so, naming the kprobe and its symbol.
+  for (const probe of ["memory", "network", "storage", "kernel"]) {
+    await assert.rejects(client.insmod({ guest, probe, options: {} }), (err: unknown) => {
+      assert.ok(err instanceof ApiError);
+      assert.equal(err.code, ErrorCode.Unsupported);
+      assert.match(err.message, new RegExp(`cannot load probe ${probe}: its kernel lacks kprobes \\(CONFIG_KPROBE_EVENTS\\), needed for vesper_${probe}/`));
+      return true;
+    });
+  }
   assert.deepEqual(ours(), []);
   const g = (await client.listGuests()).find((x) => x.id === guest)!;
   assert.ok(!g.loadedProbes.includes("process"));

@@ -153,6 +153,15 @@ export function formatGuests(guests: readonly api.Guest[], now = Date.now()): st
   );
 }
 
+/** The non-zero drop counters of a guest, snake_case (see docs/security.md). */
+export function dropsToJson(d: api.GuestDrops): Record<string, Json> {
+  const out: Record<string, Json> = {};
+  for (const [k, v] of Object.entries(d)) {
+    if (typeof v === "bigint" && v !== 0n) out[k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)] = bigintToJson(v);
+  }
+  return out;
+}
+
 export function guestToJson(g: api.Guest): Record<string, Json> {
   return {
     id: g.id,
@@ -162,6 +171,7 @@ export function guestToJson(g: api.Guest): Record<string, Json> {
     transport: g.transport,
     probes: g.loadedProbes,
     last_seen: g.lastSeenUnixMs > 0n ? new Date(Number(g.lastSeenUnixMs)).toISOString() : null,
+    ...(g.drops === undefined ? {} : { drops: dropsToJson(g.drops) }),
   };
 }
 
@@ -187,12 +197,48 @@ export function probeToJson(p: api.ProbeInfo): Record<string, Json> {
   return { name: p.name, description: p.description, source: p.source, events: probeEvents(p) };
 }
 
+/** `vesper probes --describe NAME`: requirements, then each event with its fields. */
+export function formatProbeDescription(p: api.ProbeInfo): string {
+  const spec = p.spec;
+  const lines = [`${p.name}: ${p.description || "-"}`, `  source: ${p.source || "-"}`];
+  if (spec !== undefined) {
+    const needs = [
+      ...spec.tracepoints.map((t) => `tracepoint ${t.system}:${t.event}${t.filter ? ` (filter: ${t.filter})` : ""}`),
+      ...spec.kprobes.map((k) => `kprobe on ${k.symbol} -> vesper_${spec.name}/${k.name}${k.filter ? ` (filter: ${k.filter})` : ""}`),
+    ];
+    lines.push("  needs:", ...needs.map((n) => `    ${n}`));
+  }
+  const docs = new Map(p.events.map((e) => [e.name, e]));
+  lines.push("  events:");
+  for (const name of probeEvents(p)) {
+    const d = docs.get(name);
+    lines.push(`    ${name}${d?.doc ? `: ${d.doc}` : ""}`);
+    for (const f of d?.fields ?? []) lines.push(`      ${f.name}: ${f.doc}`);
+  }
+  return lines.join("\n");
+}
+
+export function probeDescriptionToJson(p: api.ProbeInfo): Record<string, Json> {
+  const docs = new Map(p.events.map((e) => [e.name, e]));
+  return {
+    ...probeToJson(p),
+    tracepoints: (p.spec?.tracepoints ?? []).map((t) => ({ system: t.system, event: t.event, filter: t.filter })),
+    kprobes: (p.spec?.kprobes ?? []).map((k) => ({ name: k.name, symbol: k.symbol, fetch_args: k.fetchArgs, filter: k.filter })),
+    event_docs: probeEvents(p).map((name) => {
+      const d = docs.get(name);
+      return { name, doc: d?.doc ?? "", fields: Object.fromEntries((d?.fields ?? []).map((f) => [f.name, f.doc])) };
+    }),
+  };
+}
+
 /** What the failed command was about, to name it in the error line. */
 export interface ErrorContext {
   addr: string;
   guest?: string;
   probe?: string;
   timeoutMs?: number;
+  /** Whether the call carried a bearer token. */
+  hasToken?: boolean;
 }
 
 /** The error line (plus indented detail lines) printed to stderr, starting with "vesper: ". */
@@ -226,8 +272,12 @@ export function formatError(err: VesperError, ctx: ErrorContext): string {
         line = `guest ${g}'s kernel refused probe ${p}: ${err.message}`;
         break;
       case ErrorCode.Unauthenticated:
+        line = ctx.hasToken
+          ? `the gateway refused the call (${err.code}): ${err.message}; check VESPER_TOKEN or --token`
+          : `the gateway refused the call (${err.code}): set VESPER_TOKEN or --token`;
+        break;
       case ErrorCode.PermissionDenied:
-        line = `the gateway refused the call (${err.code}): ${err.message}`;
+        line = `the gateway refused the call (${err.code}): ${err.message}; ask for a token that allows it`;
         break;
       default:
         line = `${err.message} (${err.code})`;

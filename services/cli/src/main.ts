@@ -5,13 +5,16 @@
  */
 import { Command, CommanderError, Option } from "commander";
 import { api, toVesperError } from "@vesper/protocol";
+import { Metadata } from "@grpc/grpc-js";
 import { DEFAULT_ADDR, VesperApiClient } from "./client.js";
 import {
   eventToJson,
   formatError,
   formatEventLine,
   formatGuests,
+  formatProbeDescription,
   formatProbes,
+  probeDescriptionToJson,
   guestToJson,
   probeToJson,
   type ErrorContext,
@@ -41,6 +44,7 @@ class UsageError extends Error {
 interface GlobalOpts {
   addr: string;
   timeout?: string;
+  token?: string;
 }
 
 export function parseDuration(s: string): number {
@@ -92,6 +96,7 @@ export async function main(argv: readonly string[], ioIn: Partial<CliIo> = {}): 
     .addOption(
       new Option("--addr <host:port>", "address of the Vesper gateway (env VESPER_ADDR)").default(ctx.addr),
     )
+    .option("--token <token>", "bearer token for a gateway that needs one (env VESPER_TOKEN)")
     .option("--timeout <duration>", "deadline of each call, e.g. 500ms, 10s, 2m (default 40s for insmod/rmmod, 10s otherwise)")
     .exitOverride()
     .configureOutput({
@@ -105,7 +110,11 @@ export async function main(argv: readonly string[], ioIn: Partial<CliIo> = {}): 
     ctx.addr = g.addr;
     const timeoutMs = g.timeout === undefined ? defaultTimeoutMs : parseDuration(g.timeout);
     ctx.timeoutMs = timeoutMs;
-    client = new VesperApiClient(g.addr, { timeoutMs });
+    const token = g.token ?? (io.env.VESPER_TOKEN || undefined);
+    const metadata = new Metadata();
+    if (token !== undefined) metadata.set("authorization", `Bearer ${token}`);
+    ctx.hasToken = token !== undefined;
+    client = new VesperApiClient(g.addr, { timeoutMs, metadata });
     return { c: client, timeoutMs };
   };
   const callOpts = signal ? { signal } : {};
@@ -124,9 +133,20 @@ export async function main(argv: readonly string[], ioIn: Partial<CliIo> = {}): 
     .command("probes")
     .description("list the probes in the host's library: name, description, events")
     .option("--json", "one JSON array")
-    .action(async (opts: { json?: boolean }, cmd: Command) => {
+    .option("--describe <name>", "what one probe needs (tracepoints, kprobes) and what each of its events and fields means")
+    .action(async (opts: { json?: boolean; describe?: string }, cmd: Command) => {
       const { c } = connect(cmd, QUERY_TIMEOUT_MS);
       const probes = await c.listProbes(callOpts);
+      if (opts.describe !== undefined) {
+        const name = opts.describe;
+        ctx.probe = name;
+        const p = probes.find((x) => x.name === name);
+        if (p === undefined) {
+          throw new UsageError(`no probe named ${JSON.stringify(name)} in the library (known: ${probes.map((x) => x.name).join(", ")})`);
+        }
+        await writeLine(io.stdout, opts.json ? JSON.stringify(probeDescriptionToJson(p)) : formatProbeDescription(p));
+        return;
+      }
       await writeLine(io.stdout, opts.json ? JSON.stringify(probes.map(probeToJson)) : formatProbes(probes));
     });
 

@@ -6,9 +6,9 @@ import { connect, type NatsConnection, type Subscription } from "@nats-io/transp
 import { parseTokens, startGateway, tokenAuthorizer, type Gateway } from "@vesper/gateway";
 import { serve } from "@vesper/host-common";
 import { api, bus, createLogger, subjects } from "@vesper/protocol";
+import { privateNatsUrl, stopPrivateNats } from "../../gateway/test/helpers.js";
 import { main } from "../src/main.js";
 
-const NATS_URL = process.env.VESPER_NATS_URL ?? "127.0.0.1:4222";
 const log = createLogger("cli-auth-test", "silent");
 const ADMIN = `admin-${randomBytes(12).toString("hex")}`;
 const VIEWER = `viewer-${randomBytes(12).toString("hex")}`;
@@ -31,14 +31,13 @@ describe("vesper CLI with bearer tokens", () => {
   const guest = `tok-${randomBytes(4).toString("hex")}`;
 
   before(async () => {
-    nc = await connect({ servers: NATS_URL });
+    nc = await connect({ servers: await privateNatsUrl() });
     const authorize = tokenAuthorizer(
       parseTokens(JSON.stringify({ clients: [{ name: "admin", token: ADMIN, allow: ["*"] }, { name: "viewer", token: VIEWER, allow: ["read"] }] })),
     );
     gw = await startGateway({ nc, listen: "127.0.0.1:0", log, authorize });
     const reply = (o: { ok: unknown } | { error: bus.BusError }): bus.RmmodReply =>
       "ok" in o ? { response: o.ok as api.VirtRmmodResponse } : { error: o.error };
-    // The loader subjects are shared with other tests on this NATS: answer only for our guest.
     subs = [
       serve(nc, subjects.loaderRmmod, api.VirtRmmodRequest, bus.RmmodReply, reply, async (r) => ({ guest: r.guest, probe: r.probe, guestClean: true }), log),
     ];
@@ -49,6 +48,7 @@ describe("vesper CLI with bearer tokens", () => {
     for (const s of subs) s.unsubscribe();
     await gw.close();
     await nc.close();
+    await stopPrivateNats();
   });
 
   it("no token: exit 1 and says to set VESPER_TOKEN or --token", async () => {

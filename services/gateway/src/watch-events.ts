@@ -10,7 +10,7 @@
  */
 import { Metadata, type ServerWritableStream } from "@grpc/grpc-js";
 import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
-import { ensureEventsStream, isStreamNotFound } from "@vesper/host-common";
+import { ensureEventsStream, isStreamNotFound, recordsOf } from "@vesper/host-common";
 import {
   api,
   checkGuestId,
@@ -98,19 +98,23 @@ async function watchEvents(call: WatchCall, deps: WatchDeps): Promise<void> {
 
     for await (const m of messages) {
       if (scope.signal.aborted) break;
-      let res: api.WatchEventsResponse;
+      let records: api.WatchEventsResponse[];
       try {
-        res = api.WatchEventsResponse.decode(m.data);
+        // One record, or a batch of them (bulk probes); the records of a batch share its stream seq.
+        records = recordsOf(m.data, m.headers);
       } catch (err) {
         log.warn({ err, subject: m.subject, seq: m.seq }, "skipping an undecodable message");
         skipped++;
         continue;
       }
-      if (res.kind === undefined) continue;
-      if (res.kind.$case === "event" && !eventMatches(req.event, res.kind.value.event)) continue;
-      res.streamSeq = BigInt(m.seq);
-      sent++;
-      if (!call.write(res)) await drained(call, scope.signal);
+      for (const res of records) {
+        if (res.kind === undefined) continue;
+        if (res.kind.$case === "event" && !eventMatches(req.event, res.kind.value.event)) continue;
+        res.streamSeq = BigInt(m.seq);
+        sent++;
+        if (!call.write(res)) await drained(call, scope.signal);
+      }
+      if (scope.signal.aborted) break;
     }
     scope.signal.removeEventListener("abort", stop);
     if (!scope.signal.aborted) stop();

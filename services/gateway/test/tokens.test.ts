@@ -5,7 +5,9 @@ import { credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js"
 import type { NatsConnection } from "@nats-io/transport-node";
 import { api, ErrorCode, VesperError } from "@vesper/protocol";
 import { isLoopbackListen, parseTokens, startGateway, tokenAuthorizer, type Gateway } from "../src/index.js";
-import { connectNats, fakeLoader, quietLog, uniq } from "./helpers.js";
+import { connectNats, fakeLoader, quietLog, stopPrivateNats, uniq } from "./helpers.js";
+
+after(stopPrivateNats);
 
 const OPS = "ops-token-0123456789abcdef";
 const CI = "ci-token-0123456789abcdef";

@@ -11,7 +11,7 @@
 import { randomBytes } from "node:crypto";
 import { ErrorCode, isVesperError, PROTOCOL_VERSION, ring, type Logger } from "@vesper/protocol";
 import type { CommandHandler, RingClient } from "./ring-client.js";
-import { ProbeError, readPages, type ProbeEngine, type Tracefs } from "./tracefs/index.js";
+import { ProbeError, readPageBatches, type PageRead, type ProbeEngine, type Tracefs } from "./tracefs/index.js";
 
 const AGENT_VERSION = "0.1.0";
 void PROTOCOL_VERSION;
@@ -85,7 +85,7 @@ export class Frontend implements CommandHandler {
     const mode = spec.delivery === ring.DeliveryMode.DELIVERY_MODE_BULK ? "bulk" : "urgent";
     const rp: RunningProbe = { spec, abort, pumps: [], pagesDropped: 0n };
     for (let cpu = 0; cpu < loaded.cpus; cpu++) {
-      const pages = readPages(this.engine.instanceDir(spec.name), cpu, mode, {
+      const pages = readPageBatches(this.engine.instanceDir(spec.name), cpu, mode, {
         signal: abort.signal,
         flushIntervalMs: spec.flushIntervalMs,
         pageSize: loaded.pageSize,
@@ -97,20 +97,21 @@ export class Frontend implements CommandHandler {
     return loaded;
   }
 
-  private async pump(probe: string, cpu: number, pages: AsyncIterable<{ page: Buffer }>, rp: RunningProbe): Promise<void> {
+  private async pump(probe: string, cpu: number, batches: AsyncIterable<PageRead[]>, rp: RunningProbe): Promise<void> {
     let seq = 0n;
     try {
-      for await (const { page } of pages) {
-        seq++;
+      for await (const batch of batches) {
+        // Bulk mode: several pages per message (one frame, one write); urgent: one.
+        const pages = batch.map(({ page }) => ({ cpu, seq: ++seq, page }));
         const client = this.client;
         if (client === undefined) {
-          rp.pagesDropped++;
+          rp.pagesDropped += BigInt(pages.length);
           continue;
         }
         try {
-          await client.sendData({ probe, pages: [{ cpu, seq, page }] });
+          await client.sendData({ probe, pages });
         } catch (err) {
-          rp.pagesDropped++;
+          rp.pagesDropped += BigInt(pages.length);
           this.log.warn({ probe, cpu, err: (err as Error).message }, "could not ship a page; counted as dropped");
         }
       }

@@ -14,6 +14,7 @@ import {
   ring,
   type Logger,
 } from "@vesper/protocol";
+import { encodeDataMessage } from "./data-encoder.js";
 import type { GuestTransport } from "./transports/transport.js";
 
 export interface CommandHandler {
@@ -82,7 +83,13 @@ export class RingClient {
   /** Probe data flows unanswered and does not wait for an idle request. */
   async sendData(data: ring.ProbeData): Promise<void> {
     this.stats.dataMessages++;
-    await this.transport.send(FrameKind.Data, this.encode({ $case: "data", value: data }));
+    this.seq++;
+    // The hot path: a hand-rolled encoder (same bytes as the generated one), framed in place
+    // when the transport is a byte stream.
+    const framed = this.transport.sendFrame !== undefined;
+    const bytes = encodeDataMessage(PROTOCOL_VERSION, this.opts.guestId, this.seq, data.probe, data.pages, framed);
+    if (framed) await this.transport.sendFrame!(FrameKind.Data, bytes);
+    else await this.transport.send(FrameKind.Data, bytes);
   }
 
   async sendStats(stats: ring.ProbeStats): Promise<void> {

@@ -44,7 +44,17 @@ export function serve<Req, Res, Reply>(
           if (error.code === "INTERNAL") log.error({ err, subject }, "request failed");
           reply = makeReply({ error });
         }
-        m.respond(replyCodec.encode(reply).finish());
+        try {
+          m.respond(replyCodec.encode(reply).finish());
+        } catch (err) {
+          // e.g. a reply over the server's max_payload: answer with the error, never crash the host
+          log.error({ err, subject }, "cannot send the reply");
+          try {
+            m.respond(replyCodec.encode(makeReply({ error: busError(err) })).finish());
+          } catch {
+            /* the requester times out */
+          }
+        }
       })();
     }
   })();

@@ -19,11 +19,37 @@ export interface NatsConnectOptions {
   extra?: Partial<NodeConnectionOptions>;
 }
 
+/**
+ * Takes credentials out of server URLs (nats.js ignores them there):
+ * nats://user:pass@host:port gives user/pass, nats://token@host:port a token.
+ * The URLs come back without them, so they never reach a log line.
+ */
+export function splitCredentials(servers: string | string[]): {
+  servers: string[];
+  auth: { user: string; pass: string } | { token: string } | undefined;
+} {
+  let auth: { user: string; pass: string } | { token: string } | undefined;
+  const out = (Array.isArray(servers) ? servers : servers.split(",")).map((raw) => {
+    const s = raw.trim();
+    const m = /^([a-z]+:\/\/)?([^@/]*)@(.*)$/i.exec(s);
+    if (m === null) return s;
+    const [, scheme = "", cred = "", rest = ""] = m;
+    const colon = cred.indexOf(":");
+    auth =
+      colon < 0
+        ? { token: decodeURIComponent(cred) }
+        : { user: decodeURIComponent(cred.slice(0, colon)), pass: decodeURIComponent(cred.slice(colon + 1)) };
+    return `${scheme}${rest}`;
+  });
+  return { servers: out, auth };
+}
+
 export async function connectNats(opts: NatsConnectOptions): Promise<NatsConnection> {
-  const servers = opts.servers ?? process.env.VESPER_NATS_URL ?? DEFAULT_NATS_URL;
+  const { servers, auth } = splitCredentials(opts.servers ?? process.env.VESPER_NATS_URL ?? DEFAULT_NATS_URL);
   const log = opts.log.child({ nats: opts.name });
   const nc = await connect({
     servers,
+    ...auth,
     name: opts.name,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 1000,

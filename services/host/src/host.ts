@@ -4,11 +4,12 @@
  * only over the bus, exactly as when they run as separate processes.
  */
 import { connectNats, ProbeStore } from "@vesper/host-common";
-import { startGateway } from "@vesper/gateway";
+import { isLoopbackListen, loadTokensFile, startGateway, tokenAuthorizer, type AuthorizeFn } from "@vesper/gateway";
 import { ProbeLibrary, ProbeLoader } from "@vesper/probe-loader";
 import { ProbeListener } from "@vesper/probe-listener";
 import { QemuBridge } from "@vesper/qemu-bridge";
-import { createLogger } from "@vesper/protocol";
+import { RulesService } from "@vesper/failover";
+import { createLogger, ErrorCode, VesperError } from "@vesper/protocol";
 import type { HostConfig } from "./config.js";
 
 export interface RunningHost {
@@ -26,7 +27,7 @@ export async function startHost(cfg: HostConfig): Promise<RunningHost> {
     if (has("listener")) {
       const log = createLogger("probe-listener");
       const nc = await connect("probe-listener");
-      const listener = new ProbeListener({ nc, log, store: await ProbeStore.open(nc) });
+      const listener = new ProbeListener({ nc, log, store: await ProbeStore.open(nc), maxGuestBytesPerSec: cfg.guestMaxBytesPerSec });
       await listener.start();
       stops.push(async () => {
         await listener.stop();
@@ -44,6 +45,7 @@ export async function startHost(cfg: HostConfig): Promise<RunningHost> {
         store: await ProbeStore.open(nc),
         idleHoldMs: cfg.idleHoldMs,
         commandTimeoutMs: cfg.commandTimeoutMs,
+        ...(cfg.agentLostMs !== undefined ? { agentLostMs: cfg.agentLostMs } : {}),
       });
       loader.start();
       stops.push(async () => {
@@ -54,7 +56,7 @@ export async function startHost(cfg: HostConfig): Promise<RunningHost> {
     if (has("bridge")) {
       const log = createLogger("qemu-bridge");
       const nc = await connect("qemu-bridge");
-      const bridge = new QemuBridge({ nc, log, socketDirs: cfg.socketDirs, libvirtDir: cfg.libvirtDir });
+      const bridge = new QemuBridge({ nc, log, socketDirs: cfg.socketDirs, libvirtDir: cfg.libvirtDir, qmpDirs: cfg.qmpDirs });
       await bridge.start();
       stops.push(async () => {
         await bridge.stop();
@@ -63,11 +65,36 @@ export async function startHost(cfg: HostConfig): Promise<RunningHost> {
     }
     if (has("gateway")) {
       const log = createLogger("gateway");
+      let authorize: AuthorizeFn | undefined;
+      if (cfg.tokensFile !== undefined) {
+        const clients = loadTokensFile(cfg.tokensFile);
+        authorize = tokenAuthorizer(clients);
+        log.info({ tokensFile: cfg.tokensFile, clients: clients.map((c) => c.name) }, "gRPC calls need a bearer token");
+      } else if (!isLoopbackListen(cfg.listen)) {
+        throw new VesperError(
+          ErrorCode.InvalidArgument,
+          `refusing to serve the gRPC API on ${cfg.listen} without authentication: give --tokens FILE (env VESPER_TOKENS_FILE) or listen on loopback`,
+        );
+      } else {
+        log.warn({ listen: cfg.listen }, "no tokens file (--tokens / VESPER_TOKENS_FILE): the gRPC API is unauthenticated and listens on loopback only");
+      }
       const nc = await connect("gateway");
-      const gw = await startGateway({ nc, log, listen: cfg.listen, loaderTimeoutMs: cfg.commandTimeoutMs + 5_000 });
+      const gw = await startGateway({ nc, log, listen: cfg.listen, loaderTimeoutMs: cfg.commandTimeoutMs + 5_000, authorize });
       grpcAddress = gw.address;
       stops.push(async () => {
         await gw.close();
+        await nc.drain();
+      });
+    }
+    if (has("rules") && cfg.rulesFile !== undefined) {
+      const log = createLogger("rules");
+      const nc = await connect("rules");
+      // VESPER_RULES_DURABLE: a separate durable consumer, for hosts that share one NATS server (tests).
+      const durable = process.env.VESPER_RULES_DURABLE || undefined;
+      const rules = new RulesService({ nc, log, rulesFile: cfg.rulesFile, stateDir: cfg.stateDir, durable });
+      await rules.start();
+      stops.push(async () => {
+        await rules.stop();
         await nc.drain();
       });
     }

@@ -5,10 +5,15 @@ import { startHost } from "./host.js";
 
 const log = createLogger("vesper-host");
 
+/** The NATS URL without its password, for the log. */
+function redactUrl(url: string): string {
+  return url.replace(/\/\/([^:@/]+):[^@/]*@/g, "//$1:***@");
+}
+
 async function main(): Promise<void> {
   const cfg = loadHostConfig(process.argv.slice(2));
   const host = await startHost(cfg);
-  log.info({ services: cfg.services, grpc: host.grpcAddress, nats: cfg.natsUrl }, "vesper-host ready");
+  log.info({ services: cfg.services, grpc: host.grpcAddress, nats: redactUrl(cfg.natsUrl) }, "vesper-host ready");
   let stopping = false;
   const stop = (sig: string): void => {
     if (stopping) return;

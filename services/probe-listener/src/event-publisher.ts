@@ -5,6 +5,7 @@
  * re-sent record a duplicate the stream drops, not a second event.
  */
 import type { JetStreamClient } from "@nats-io/jetstream";
+import type { MsgHdrs } from "@nats-io/transport-node";
 import type { Logger } from "@vesper/protocol";
 
 export interface PublisherStats {
@@ -24,12 +25,12 @@ export class EventPublisher {
   ) {}
 
   /** Resolves once the record is handed over (not acked); awaits when too many acks are outstanding. */
-  async publish(subject: string, data: Uint8Array, msgID: string): Promise<void> {
+  async publish(subject: string, data: Uint8Array, msgID: string, headers?: MsgHdrs): Promise<void> {
     while (this.stats.inflight >= this.maxInflight) {
       await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
     this.stats.inflight++;
-    this.js.publish(subject, data, { msgID }).then(
+    this.js.publish(subject, data, headers === undefined ? { msgID } : { msgID, headers }).then(
       () => {
         this.stats.published++;
         this.done();

@@ -14,6 +14,7 @@ import {
   api,
   bus,
   decodeGuestMessage,
+  DEFAULT_MAX_FRAME_BYTES,
   ErrorCode,
   guestOfRingSubject,
   ring,
@@ -21,7 +22,7 @@ import {
   VesperError,
   type Logger,
 } from "@vesper/protocol";
-import { ensureEventsStream, serve, type ProbeStore } from "@vesper/host-common";
+import { ensureEventsStream, EventBatchWriter, serve, type ProbeStore } from "@vesper/host-common";
 import { CommCache } from "./comm-cache.js";
 import { EventPublisher } from "./event-publisher.js";
 import { toApiEvent } from "./event-mapper.js";
@@ -34,6 +35,8 @@ interface Attachment {
   readonly loadId: bigint;
   readonly decoder: PageDecoder;
   readonly sequencer: PageSequencer;
+  /** Bulk probes: one JetStream message per data message (a batch of records), see events-batch.ts. */
+  readonly batched: boolean;
   events: number;
   kernelLost: bigint;
 }
@@ -44,12 +47,53 @@ export interface GuestCounters {
   wrongGuest: number;
   unknownProbe: number;
   badPages: number;
+  replayedPages: number;
+  oversize: number;
+  overQuota: number;
 }
 
 export interface ProbeListenerOptions {
   nc: NatsConnection;
   store: ProbeStore;
   log: Logger;
+  /** Data messages above this many bytes are dropped unread (default: the frame limit, 512 KiB). */
+  maxMessageBytes?: number;
+  /**
+   * Per-guest quota on data bytes per second, with a burst of one second's worth
+   * (default 64 MiB/s; 0: none). What is over it is dropped before decoding and
+   * counted; the page sequence gap then shows as a loss record downstream.
+   */
+  maxGuestBytesPerSec?: number;
+}
+
+/** A token bucket of bytes. */
+class ByteQuota {
+  private tokens: number;
+  private at = Date.now();
+  constructor(private readonly perSec: number) {
+    this.tokens = perSec;
+  }
+  take(n: number, now = Date.now()): boolean {
+    this.tokens = Math.min(this.perSec, this.tokens + ((now - this.at) * this.perSec) / 1000);
+    this.at = now;
+    if (n > this.tokens) return false;
+    this.tokens -= n;
+    return true;
+  }
+}
+
+/** A guest's data-path counters as the API reports them. */
+export function toGuestDrops(c: GuestCounters): api.GuestDrops {
+  return api.GuestDrops.fromPartial({
+    dataMessages: BigInt(c.messages),
+    dataMalformed: BigInt(c.malformed),
+    dataWrongGuest: BigInt(c.wrongGuest),
+    unknownProbe: BigInt(c.unknownProbe),
+    badPages: BigInt(c.badPages),
+    replayedPages: BigInt(c.replayedPages),
+    oversize: BigInt(c.oversize),
+    overQuota: BigInt(c.overQuota),
+  });
 }
 
 /** Builds a decoder from what a guest reported; throws VesperError(MALFORMED) on lies. */
@@ -79,6 +123,7 @@ export class ProbeListener {
   private readonly subs: Subscription[] = [];
   private publisher!: EventPublisher;
   private lastWarn = new Map<string, number>();
+  private readonly quotas = new Map<string, ByteQuota>();
 
   constructor(private readonly o: ProbeListenerOptions) {}
 
@@ -97,12 +142,26 @@ export class ProbeListener {
     const data = nc.subscribe(subjects.allRingUpData);
     this.subs.push(data);
     void (async () => {
-      for await (const m of data) await this.onData(m.subject, m.data);
+      for await (const m of data) {
+        // Nothing a guest sends may end this loop: it serves every guest.
+        await this.onData(m.subject, m.data).catch((err: unknown) =>
+          this.warn("internal", { subject: m.subject, err: (err as Error).message }, "data message failed"),
+        );
+      }
     })();
     const ok = (o: { ok: unknown } | { error: bus.BusError }) => ("error" in o ? { error: o.error } : {});
     this.subs.push(
       serve(nc, subjects.listenerAttach, bus.AttachRequest, bus.AttachResponse, ok, async (r) => this.attach(r), log),
       serve(nc, subjects.listenerDetach, bus.DetachRequest, bus.DetachResponse, ok, async (r) => this.detach(r.guest, r.probe), log),
+      serve(
+        nc,
+        subjects.listenerStats,
+        bus.ListenerStatsRequest,
+        bus.ListenerStatsReply,
+        (o) => ("error" in o ? { error: o.error, guests: {} } : { guests: o.ok as Record<string, api.GuestDrops> }),
+        async (r) => this.stats(r.guest),
+        log,
+      ),
     );
     log.info({ attached: this.attachments.size }, "probe-listener started");
   }
@@ -115,10 +174,17 @@ export class ProbeListener {
   counts(guest: string): GuestCounters {
     let c = this.counters.get(guest);
     if (c === undefined) {
-      c = { messages: 0, malformed: 0, wrongGuest: 0, unknownProbe: 0, badPages: 0 };
+      c = { messages: 0, malformed: 0, wrongGuest: 0, unknownProbe: 0, badPages: 0, replayedPages: 0, oversize: 0, overQuota: 0 };
       this.counters.set(guest, c);
     }
     return c;
+  }
+
+  /** Data-path drop counters per guest (one guest, or all when `guest` is empty). */
+  stats(guest = ""): Record<string, api.GuestDrops> {
+    const out: Record<string, api.GuestDrops> = {};
+    for (const [g, c] of this.counters) if (guest === "" || g === guest) out[g] = toGuestDrops(c);
+    return out;
   }
 
   attach(req: bus.AttachRequest): void {
@@ -132,6 +198,7 @@ export class ProbeListener {
       loadId: loaded.loadId,
       decoder,
       sequencer: new PageSequencer(),
+      batched: spec.delivery === ring.DeliveryMode.DELIVERY_MODE_BULK,
       events: 0,
       kernelLost: 0n,
     });
@@ -157,6 +224,22 @@ export class ProbeListener {
     if (guest === undefined) return;
     const c = this.counts(guest);
     c.messages++;
+    const maxBytes = this.o.maxMessageBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    if (bytes.length > maxBytes) {
+      c.oversize++;
+      this.warn(`${guest}/oversize`, { guest, bytes: bytes.length, limit: maxBytes, dropped: c.oversize }, "dropping oversize data message");
+      return;
+    }
+    const perSec = this.o.maxGuestBytesPerSec ?? 64 * 1024 * 1024;
+    if (perSec > 0) {
+      let q = this.quotas.get(guest);
+      if (q === undefined) this.quotas.set(guest, (q = new ByteQuota(perSec)));
+      if (!q.take(bytes.length)) {
+        c.overQuota++;
+        this.warn(`${guest}/quota`, { guest, bytesPerSec: perSec, dropped: c.overQuota }, "guest over its data quota: dropping");
+        return;
+      }
+    }
     let msg: ring.GuestMessage;
     try {
       msg = decodeGuestMessage(bytes);
@@ -185,13 +268,24 @@ export class ProbeListener {
     let comms = this.comms.get(guest);
     if (comms === undefined) this.comms.set(guest, (comms = new CommCache()));
     const subject = subjects.events(guest, a.probe);
+    const batch = a.batched ? new EventBatchWriter() : undefined;
+    let batchId = "";
     for (const p of data.pages) {
       const verdict = a.sequencer.check(p.cpu, p.seq);
       if (!verdict.accept) {
+        c.replayedPages++;
         this.warn(`${guest}/replay`, { guest, probe: a.probe, cpu: p.cpu, seq: String(p.seq) }, "dropping replayed page");
         continue;
       }
-      const page = a.decoder.decode(p.page);
+      let page: ReturnType<PageDecoder["decode"]>;
+      try {
+        page = a.decoder.decode(p.page);
+      } catch (err) {
+        // A page too short for its header, or not a page at all: drop it, count it.
+        c.badPages++;
+        this.warn(`${guest}/badpage`, { guest, probe: a.probe, cpu: p.cpu, err: (err as Error).message, dropped: c.badPages }, "dropping undecodable page");
+        continue;
+      }
       if (page.errors.length > 0) {
         c.badPages++;
         this.warn(`${guest}/badpage`, { guest, probe: a.probe, cpu: p.cpu, errors: page.errors.slice(0, 3) }, "page had bad records");
@@ -201,7 +295,10 @@ export class ProbeListener {
       if (verdict.pagesLost > 0n || kernelLost > 0n || unknownLoss) {
         a.kernelLost += kernelLost;
         const loss: api.Loss = { guest, probe: a.probe, cpu: p.cpu, kernelLost: unknownLoss ? 1n : kernelLost, pagesLost: verdict.pagesLost };
-        await this.publisher.publish(
+        if (batch !== undefined) {
+          if (batchId === "") batchId = `${a.loadId}.${p.cpu}.${p.seq}.b`;
+          batch.add({ kind: { $case: "loss", value: loss }, streamSeq: 0n });
+        } else await this.publisher.publish(
           subject,
           api.WatchEventsResponse.encode({ kind: { $case: "loss", value: loss }, streamSeq: 0n }).finish(),
           `${guest}.${a.probe}.${a.loadId}.${p.cpu}.${p.seq}.loss`,
@@ -213,6 +310,13 @@ export class ProbeListener {
       for (const ev of page.events) {
         const lostBefore = index === 0 ? kernelLost : 0n;
         const event = toApiEvent(ev, index, lostBefore, ctx, comms);
+        if (batch !== undefined) {
+          if (batchId === "") batchId = `${a.loadId}.${p.cpu}.${p.seq}.b`;
+          batch.add({ kind: { $case: "event", value: event }, streamSeq: 0n });
+          index++;
+          a.events++;
+          continue;
+        }
         await this.publisher.publish(
           subject,
           api.WatchEventsResponse.encode({ kind: { $case: "event", value: event }, streamSeq: 0n }).finish(),
@@ -221,6 +325,10 @@ export class ProbeListener {
         index++;
         a.events++;
       }
+    }
+    if (batch !== undefined && batch.count > 0) {
+      const { data: bytes, headers } = batch.finish();
+      await this.publisher.publish(subject, bytes, batchId, headers);
     }
   }
 

@@ -5,6 +5,7 @@
  * to start and stop decoding a probe (unload is two-phase, as in the seed).
  */
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import {
   api,
   applyProbeOptions,
@@ -22,9 +23,10 @@ import {
   VesperError,
   type Logger,
 } from "@vesper/protocol";
-import { fromBusError, request, serve, type ProbeStore } from "@vesper/host-common";
+import { ensureEventsStream, fromBusError, request, serve, type ProbeStore } from "@vesper/host-common";
+import { AgentWatch } from "./agent-watch.js";
 import { GuestSession } from "./guest-session.js";
-import type { ProbeLibrary } from "./probe-library.js";
+import { missingRequirements, type ProbeLibrary } from "./probe-library.js";
 
 export interface ProbeLoaderOptions {
   nc: NatsConnection;
@@ -34,7 +36,12 @@ export interface ProbeLoaderOptions {
   idleHoldMs?: number;
   offlineAfterMs?: number;
   commandTimeoutMs?: number;
+  /** A frontend silent this long is reported lost (vesper.events.<guest>.agent, agent/lost). Default 3 idle holds + 2 s. */
+  agentLostMs?: number;
 }
+
+/** The probe name of the loader's agent liveness events. */
+export const AGENT_PROBE = "agent";
 
 const RESULT_ERRORS: Partial<Record<ring.ResultCode, ErrorCode>> = {
   [ring.ResultCode.RESULT_CODE_INVALID_SPEC]: ErrorCode.InvalidSpec,
@@ -47,17 +54,23 @@ const RESULT_ERRORS: Partial<Record<ring.ResultCode, ErrorCode>> = {
 export class ProbeLoader {
   readonly counters = { malformed: 0, wrongGuest: 0, unsolicited: 0, unknownResults: 0 };
   private readonly sessions = new Map<string, GuestSession>();
+  /** What each guest sent that we refused (ListGuests shows it, with the listener's counts). */
+  private readonly drops = new Map<string, api.GuestDrops>();
   private readonly subs: Subscription[] = [];
   /** Mutations per guest run one at a time, so insmod/rmmod/reconcile never interleave. */
   private readonly chains = new Map<string, Promise<unknown>>();
   private readonly idleHoldMs: number;
   private readonly offlineAfterMs: number;
   private readonly commandTimeoutMs: number;
+  private readonly agents: AgentWatch;
+  private agentTimer: NodeJS.Timeout | undefined;
+  private eventsStream: Promise<unknown> | undefined;
 
   constructor(private readonly o: ProbeLoaderOptions) {
     this.idleHoldMs = o.idleHoldMs ?? 2_000;
     this.offlineAfterMs = o.offlineAfterMs ?? this.idleHoldMs * 3 + 3_000;
     this.commandTimeoutMs = o.commandTimeoutMs ?? 30_000;
+    this.agents = new AgentWatch(o.agentLostMs ?? this.idleHoldMs * 3 + 2_000);
   }
 
   start(): void {
@@ -88,10 +101,13 @@ export class ProbeLoader {
         }
       }
     })();
-    log.info({ idleHoldMs: this.idleHoldMs }, "probe-loader started");
+    this.agentTimer = setInterval(() => this.checkAgents(), Math.max(50, Math.min(1_000, Math.floor(this.agents.lostAfterMs / 4))));
+    this.agentTimer.unref();
+    log.info({ idleHoldMs: this.idleHoldMs, agentLostMs: this.agents.lostAfterMs }, "probe-loader started");
   }
 
   async stop(): Promise<void> {
+    clearInterval(this.agentTimer);
     for (const s of this.subs) s.unsubscribe();
     for (const s of this.sessions.values()) s.close("probe-loader stopping");
   }
@@ -125,6 +141,8 @@ export class ProbeLoader {
     const { log } = this.o;
     const guest = guestOfRingSubject(subject);
     if (guest === undefined) return;
+    const drops = this.guestDrops(guest);
+    drops.ctlMessages++;
     let msg: ring.GuestMessage;
     try {
       msg = decodeGuestMessage(data);
@@ -132,7 +150,10 @@ export class ProbeLoader {
       this.counters.malformed++;
       const message = err instanceof FrameError ? err.message : String(err);
       log.warn({ guest, err: message }, "malformed ring message");
-      const code = message.includes("protocol version")
+      const mismatch = message.includes("protocol version");
+      if (mismatch) drops.versionMismatch++;
+      else drops.ctlMalformed++;
+      const code = mismatch
         ? ring.RingErrorCode.RING_ERROR_CODE_VERSION_MISMATCH
         : ring.RingErrorCode.RING_ERROR_CODE_MALFORMED;
       this.ringError(guest, 0n, code, message);
@@ -140,11 +161,13 @@ export class ProbeLoader {
     }
     if (msg.guestId !== guest) {
       this.counters.wrongGuest++;
+      drops.wrongGuest++;
       log.warn({ guest, claimed: msg.guestId }, "ring message claims another guest id; dropped");
       this.ringError(guest, msg.seq, ring.RingErrorCode.RING_ERROR_CODE_WRONG_GUEST, `this channel belongs to guest ${guest}, not ${msg.guestId}`);
       return;
     }
     const body = msg.body;
+    this.agentSeen(guest, body?.$case === "hello" ? body.value.bootId : undefined);
     switch (body?.$case) {
       case "hello":
         this.onHello(guest, msg.seq, body.value);
@@ -153,6 +176,7 @@ export class ProbeLoader {
         const s = this.sessions.get(guest);
         if (s?.hello === undefined) {
           this.counters.unsolicited++;
+          drops.unsolicited++;
           this.ringError(guest, msg.seq, ring.RingErrorCode.RING_ERROR_CODE_UNSOLICITED, "idle request before Hello: say Hello first");
           return;
         }
@@ -163,6 +187,7 @@ export class ProbeLoader {
         const s = this.sessions.get(guest);
         if (s === undefined || !s.onResult(body.value)) {
           this.counters.unknownResults++;
+          drops.unknownResults++;
           log.warn({ guest, commandId: String(body.value.commandId) }, "result for no outstanding command; dropped");
         }
         return;
@@ -170,6 +195,7 @@ export class ProbeLoader {
       default:
         // Data and stats travel on the data subject; on this one they are out of place.
         this.counters.unsolicited++;
+        drops.unsolicited++;
         this.ringError(guest, msg.seq, ring.RingErrorCode.RING_ERROR_CODE_UNSOLICITED, `unexpected ${body?.$case ?? "empty"} message on the control channel`);
     }
   }
@@ -215,6 +241,67 @@ export class ProbeLoader {
     return next;
   }
 
+  // ---- agent loss ------------------------------------------------------------
+
+  private agentSeen(guest: string, bootId: string | undefined): void {
+    const back = this.agents.seen(guest, Date.now(), bootId);
+    if (back === undefined) return;
+    this.o.log.warn({ guest, silentMs: back.silentMs, rebooted: back.rebooted }, "guest frontend is back");
+    this.publishAgent(guest, "back", `agent:${guest}:back:${back.lostAtMs}`, {
+      silent_ms: back.silentMs,
+      rebooted: back.rebooted ? 1 : 0,
+      boot_id: back.bootId,
+    });
+  }
+
+  private checkAgents(): void {
+    for (const l of this.agents.check(Date.now())) {
+      this.o.log.warn({ guest: l.guest, silentMs: l.silentMs }, "guest frontend lost: no heartbeat");
+      // The msgID names the loss episode: a second loader seeing the same silence does not publish twice.
+      this.publishAgent(l.guest, "lost", `agent:${l.guest}:lost:${l.lastSeenMs}`, {
+        silent_ms: l.silentMs,
+        last_seen_unix_ms: l.lastSeenMs,
+        boot_id: l.bootId,
+      });
+    }
+  }
+
+  private publishAgent(guest: string, what: "lost" | "back", msgID: string, fields: Record<string, number | string>): void {
+    const { nc, log } = this.o;
+    const nowNs = BigInt(Date.now()) * 1_000_000n;
+    const f: Record<string, api.FieldValue> = {};
+    for (const [k, v] of Object.entries(fields)) {
+      f[k] = typeof v === "number" ? { kind: { $case: "int", value: BigInt(v) } } : { kind: { $case: "str", value: v } };
+    }
+    const res: api.WatchEventsResponse = {
+      kind: {
+        $case: "event",
+        value: {
+          guest,
+          probe: AGENT_PROBE,
+          event: `agent/${what}`,
+          cpu: 0,
+          ts: nowNs,
+          receivedUnixNs: nowNs,
+          pid: 0,
+          comm: "",
+          fields: f,
+          pageSeq: 0n,
+          index: 0,
+          lostBefore: 0n,
+        },
+      },
+      streamSeq: 0n,
+    };
+    this.eventsStream ??= jetstreamManager(nc).then((jsm) => ensureEventsStream(jsm, log));
+    void this.eventsStream
+      .then(() => jetstream(nc).publish(subjects.events(guest, AGENT_PROBE), api.WatchEventsResponse.encode(res).finish(), { msgID }))
+      .catch((err: unknown) => {
+        this.eventsStream = undefined;
+        log.error({ guest, event: `agent/${what}`, err: (err as Error).message }, "publishing an agent event failed");
+      });
+  }
+
   // ---- virt_insmod / virt_rmmod ------------------------------------------------
 
   private onlineSession(guest: string): GuestSession {
@@ -253,6 +340,10 @@ export class ProbeLoader {
       if (r.error !== undefined) throw fromBusError(r.error);
       await this.o.store.put(entry);
     } catch (e) {
+      if (e instanceof VesperError && e.code === ErrorCode.Malformed) {
+        this.guestDrops(guest).badFormats++;
+        this.o.log.warn({ guest, probe: spec.name, err: e.message }, "the guest's load result does not parse: refusing the probe");
+      }
       // Never leave a probe firing in a guest that nobody listens to.
       await s.run({ $case: "unload", value: { probe: spec.name } }, this.commandTimeoutMs).catch(() => undefined);
       throw e;
@@ -266,6 +357,13 @@ export class ProbeLoader {
     const spec = applyProbeOptions(entry.spec, req.options);
     return this.serial(guest, async () => {
       const s = this.onlineSession(guest);
+      const missing = missingRequirements(spec, s.hello?.capabilities);
+      if (missing.length > 0) {
+        throw new VesperError(
+          ErrorCode.Unsupported,
+          `guest ${guest} (kernel ${s.hello?.kernelRelease ?? "?"}) cannot load probe ${spec.name}: its kernel lacks ${missing.join("; ")}`,
+        );
+      }
       if ((await this.o.store.get(guest, spec.name)) !== undefined || s.hello?.loadedProbes.includes(spec.name)) {
         throw new VesperError(ErrorCode.ProbeAlreadyLoaded, `probe ${spec.name} is already loaded in guest ${guest}; rmmod it first`);
       }
@@ -309,7 +407,24 @@ export class ProbeLoader {
     });
   }
 
+  private guestDrops(guest: string): api.GuestDrops {
+    let d = this.drops.get(guest);
+    if (d === undefined) this.drops.set(guest, (d = api.GuestDrops.fromPartial({})));
+    return d;
+  }
+
+  /** The listener's data-path counters; empty when it does not answer in time. */
+  private async listenerDrops(): Promise<Record<string, api.GuestDrops>> {
+    try {
+      const r = await request(this.o.nc, subjects.listenerStats, bus.ListenerStatsRequest, bus.ListenerStatsReply, { guest: "" }, { timeoutMs: 1_000 });
+      return r.guests;
+    } catch {
+      return {};
+    }
+  }
+
   async listGuests(): Promise<api.ListGuestsResponse> {
+    const data = await this.listenerDrops();
     const guests: api.Guest[] = [];
     for (const s of this.sessions.values()) {
       guests.push({
@@ -323,6 +438,7 @@ export class ProbeLoader {
         transport: s.transport,
         clockOffsetNs: s.clockOffsetNs ?? 0n,
         pingRttUs: s.lastRttMs === undefined ? 0 : Math.round(s.lastRttMs * 1000),
+        drops: { ...(data[s.id] ?? api.GuestDrops.fromPartial({})), ...ctlDrops(this.drops.get(s.id)) },
       });
     }
     guests.sort((a, b) => a.id.localeCompare(b.id));
@@ -331,7 +447,16 @@ export class ProbeLoader {
 
   listProbes(): api.ListProbesResponse {
     return {
-      probes: this.o.library.list().map((e) => ({ name: e.spec.name, description: e.spec.description, spec: e.spec, source: e.source })),
+      probes: this.o.library
+        .list()
+        .map((e) => ({ name: e.spec.name, description: e.spec.description, spec: e.spec, source: e.source, events: [...e.events] })),
     };
   }
+}
+
+/** The loader's own (control-path) fields of a guest's drop counters. */
+function ctlDrops(d: api.GuestDrops | undefined): Partial<api.GuestDrops> {
+  if (d === undefined) return {};
+  const { ctlMessages, ctlMalformed, versionMismatch, wrongGuest, unsolicited, unknownResults, badFormats } = d;
+  return { ctlMessages, ctlMalformed, versionMismatch, wrongGuest, unsolicited, unknownResults, badFormats };
 }

@@ -5,13 +5,39 @@
  */
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { ErrorCode, ring, validateProbeSpec, VesperError, type Logger } from "@vesper/protocol";
-import { builtinProbes } from "./builtin-probes.js";
+import { api, ErrorCode, kprobeGroup, ring, validateProbeSpec, VesperError, type Logger } from "@vesper/protocol";
+import { builtinProbeDocs } from "./builtin-probes.js";
 
 export interface LibraryEntry {
   readonly spec: ring.ProbeSpec;
   /** "builtin" or the file it came from. */
   readonly source: string;
+  /** Per-event documentation (built-ins; empty for probe files). */
+  readonly events: readonly api.EventDoc[];
+}
+
+/**
+ * What a guest's kernel lacks to load `spec`, judged from the capabilities its
+ * frontend announced in Hello: kprobe support and each tracepoint. Empty when
+ * nothing is missing, or when the guest did not list its tracepoints (then the
+ * guest's own checks decide). Kprobe symbols cannot be judged here (Hello does not
+ * carry kallsyms): a missing symbol is reported by the guest when it loads.
+ */
+export function missingRequirements(spec: ring.ProbeSpec, caps: ring.Capabilities | undefined): string[] {
+  if (caps === undefined) return [];
+  const missing: string[] = [];
+  if (spec.kprobes.length > 0 && !caps.kprobes) {
+    missing.push(
+      `kprobes (CONFIG_KPROBE_EVENTS), needed for ${spec.kprobes.map((k) => `${kprobeGroup(spec.name)}/${k.name} on ${k.symbol}`).join(", ")}`,
+    );
+  }
+  if (caps.tracepoints.length > 0) {
+    const have = new Set(caps.tracepoints);
+    for (const t of spec.tracepoints) {
+      if (!have.has(`${t.system}:${t.event}`)) missing.push(`tracepoint ${t.system}:${t.event}`);
+    }
+  }
+  return missing;
 }
 
 const SPEC_KEYS = new Set(["name", "description", "kprobes", "tracepoints", "bufferKbPerCpu", "delivery", "flushIntervalMs"]);
@@ -57,7 +83,7 @@ export class ProbeLibrary {
 
   static async load(probeDir: string | undefined, log: Logger): Promise<ProbeLibrary> {
     const lib = new ProbeLibrary();
-    for (const spec of builtinProbes) lib.entries.set(spec.name, { spec: validateProbeSpec(spec), source: "builtin" });
+    for (const b of builtinProbeDocs) lib.entries.set(b.spec.name, { spec: validateProbeSpec(b.spec), source: "builtin", events: b.events });
     if (probeDir === undefined) return lib;
     let files: string[];
     try {
@@ -71,7 +97,7 @@ export class ProbeLibrary {
       try {
         const spec = parseProbeFile(await readFile(path, "utf8"), path);
         if (lib.entries.has(spec.name)) log.warn({ path, probe: spec.name }, "probe file overrides an earlier probe of that name");
-        lib.entries.set(spec.name, { spec, source: path });
+        lib.entries.set(spec.name, { spec, source: path, events: [] });
       } catch (err) {
         log.error({ path, err: (err as Error).message }, "skipping invalid probe file");
       }

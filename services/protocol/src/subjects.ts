@@ -22,6 +22,8 @@ export const subjects = {
   loaderProbes: "vesper.svc.loader.probes",
   listenerAttach: "vesper.svc.listener.attach",
   listenerDetach: "vesper.svc.listener.detach",
+  /** Per-guest drop counters of the data path (bus.ListenerStatsRequest). */
+  listenerStats: "vesper.svc.listener.stats",
 
   /** Channel up/down notices from the QEMU bridge. */
   channel: (guest: string) => `vesper.channel.${guest}`,

@@ -37,10 +37,20 @@ export interface ReadPagesOptions {
    * at once). Default 0: every read is issued immediately.
    */
   minBatchDelayMs?: number;
+  /**
+   * Urgent, when minBatchDelayMs is not set: coalesce under load. A read that returns data
+   * less than `windowMs` after the previous one means events are coming fast; the next read
+   * then waits `delayMs`, so the events of that time share one page (one wake-up, one frame)
+   * instead of a page each. The first event after a quiet spell still goes out at once.
+   * false: never wait. Default { windowMs: 20, delayMs: 10 }.
+   */
+  adaptiveBatch?: { windowMs: number; delayMs: number } | false;
   /** Bulk: most pages read in one flush (the rest waits for the next tick). Default 1024. */
   maxPagesPerFlush?: number;
   /** After abort, how long a blocked read may take to return by itself before its fd is closed. Default 25 ms. */
   wakeGraceMs?: number;
+  /** readPageBatches, bulk: most pages per batch (one ProbeData frame). Default 32 (128 KiB of 4 KiB pages). */
+  maxPagesPerBatch?: number;
 }
 
 export function traceRawPath(instanceDir: string, cpu: number): string {
@@ -92,6 +102,23 @@ class RawFile {
     }
   }
 
+  /**
+   * Non-blocking fds only (bulk mode): read(2) on this thread, no pool-thread round trip
+   * (a round trip costs more than the read itself, under TCG about a millisecond).
+   * Same results as read().
+   */
+  readSync(buf: Buffer): number {
+    const fd = this.fd;
+    if (fd === undefined) return 0;
+    try {
+      return fs.readSync(fd, buf, 0, buf.length, null);
+    } catch (err) {
+      const code = errnoOf(err);
+      if (code === "EAGAIN" || code === "EWOULDBLOCK" || code === "EINTR") return -1;
+      throw err;
+    }
+  }
+
   async reopen(): Promise<boolean> {
     await this.close();
     if (this.signal.aborted) return false;
@@ -138,6 +165,33 @@ export async function* readPages(
   try {
     if (!(await raw.open())) return;
     if (mode === "urgent") yield* urgentLoop(raw, cpu, opts);
+    else for await (const batch of bulkLoop(raw, cpu, opts)) yield* batch;
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+    await raw.close();
+  }
+}
+
+/**
+ * Like readPages, but bulk mode yields the pages of one drain in batches (of at most
+ * maxPagesPerBatch), so a transport can ship several pages per message; urgent mode
+ * yields one-page batches.
+ */
+export async function* readPageBatches(
+  instanceDir: string,
+  cpu: number,
+  mode: ReadMode,
+  opts: ReadPagesOptions,
+): AsyncGenerator<PageRead[], void, undefined> {
+  const { signal } = opts;
+  if (signal.aborted) return;
+  const flags = fs.constants.O_RDONLY | (mode === "bulk" ? fs.constants.O_NONBLOCK : 0);
+  const raw = new RawFile(traceRawPath(instanceDir, cpu), flags, signal, opts.wakeGraceMs ?? 25);
+  const onAbort = (): void => raw.abort();
+  signal.addEventListener("abort", onAbort, { once: true });
+  try {
+    if (!(await raw.open())) return;
+    if (mode === "urgent") for await (const p of urgentLoop(raw, cpu, opts)) yield [p];
     else yield* bulkLoop(raw, cpu, opts);
   } finally {
     signal.removeEventListener("abort", onAbort);
@@ -148,14 +202,21 @@ export async function* readPages(
 async function* urgentLoop(raw: RawFile, cpu: number, opts: ReadPagesOptions): AsyncGenerator<PageRead, void, undefined> {
   const { signal, pageSize } = opts;
   const batchDelay = opts.minBatchDelayMs ?? 0;
+  const adaptive: { windowMs: number; delayMs: number } | false =
+    opts.minBatchDelayMs === undefined && opts.adaptiveBatch !== false ? (opts.adaptiveBatch ?? { windowMs: 20, delayMs: 10 }) : false;
+  let lastDataAt = -Infinity;
   let emptyReads = 0;
   while (!signal.aborted) {
     const buf = Buffer.allocUnsafe(pageSize);
     const n = await raw.read(buf);
     if (n > 0) {
       emptyReads = 0;
+      const now = performance.now();
+      const busyDelay = adaptive !== false && now - lastDataAt < adaptive.windowMs ? adaptive.delayMs : 0;
+      lastDataAt = now;
       yield { cpu, page: n === buf.length ? buf : buf.subarray(0, n) };
       if (batchDelay > 0) await sleep(batchDelay, signal);
+      else if (busyDelay > 0) await sleep(busyDelay, signal);
       continue;
     }
     if (signal.aborted) break;
@@ -168,23 +229,33 @@ async function* urgentLoop(raw: RawFile, cpu: number, opts: ReadPagesOptions): A
   }
 }
 
-async function* bulkLoop(raw: RawFile, cpu: number, opts: ReadPagesOptions): AsyncGenerator<PageRead, void, undefined> {
+async function* bulkLoop(raw: RawFile, cpu: number, opts: ReadPagesOptions): AsyncGenerator<PageRead[], void, undefined> {
   const { signal, pageSize } = opts;
   const maxPages = opts.maxPagesPerFlush ?? 1024;
+  const perBatch = Math.max(1, opts.maxPagesPerBatch ?? 32);
   const interval = Math.max(1, opts.flushIntervalMs);
   while (!signal.aborted) {
     await sleep(interval, signal);
     // Full pages come out first; the page the writer is on comes last (partly filled).
+    // The fd is non-blocking: read on this thread until EAGAIN, in batches.
+    let batch: PageRead[] = [];
+    let reopen = false;
     for (let i = 0; i < maxPages && !signal.aborted; i++) {
       const buf = Buffer.allocUnsafe(pageSize);
-      const n = await raw.read(buf);
+      const n = raw.readSync(buf);
       if (n < 0) break; // EAGAIN: drained
       if (n === 0) {
         // Flushed file (see above) returns EOF instead of EAGAIN: reopen, drain next tick.
-        if (!signal.aborted && !(await raw.reopen())) return;
+        reopen = true;
         break;
       }
-      yield { cpu, page: n === buf.length ? buf : buf.subarray(0, n) };
+      batch.push({ cpu, page: n === buf.length ? buf : buf.subarray(0, n) });
+      if (batch.length >= perBatch) {
+        yield batch;
+        batch = [];
+      }
     }
+    if (batch.length > 0) yield batch;
+    if (reopen && !signal.aborted && !(await raw.reopen())) return;
   }
 }

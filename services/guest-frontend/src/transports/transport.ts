@@ -13,6 +13,11 @@ export interface GuestTransport {
    * kernel keeps the events or counts what it overwrites).
    */
   send(kind: FrameKind, payload: Uint8Array): Promise<void>;
+  /**
+   * Optional, byte-stream transports: sends a frame whose 8-byte header the caller has
+   * already written in front of the payload (saves a copy on the hot path).
+   */
+  sendFrame?(kind: FrameKind, frame: Buffer): Promise<void>;
   /** Host messages, one payload each, until close(). */
   incoming(): AsyncIterable<Uint8Array>;
   close(): Promise<void>;

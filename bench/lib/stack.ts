@@ -1,0 +1,77 @@
+/**
+ * Bench plumbing: a private NATS, the real host services (dist/vesper-host.mjs), optionally a
+ * QEMU guest, probe files, and pushing small files (the load generator) into the guest.
+ */
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { VesperApiClient } from "@vesper/cli";
+import { HostProcess } from "../../test/harness/host-process.js";
+import { QemuGuest, type QemuGuestOptions } from "../../test/harness/qemu-guest.js";
+import { waitFor } from "../../test/harness/wait.js";
+import { startNats, type PrivateNats } from "./nats-server.js";
+import { REPO_ROOT } from "./report.js";
+
+export interface Stack {
+  runDir: string;
+  nats: PrivateNats;
+  host: HostProcess;
+  client: VesperApiClient;
+  stop(): Promise<void>;
+}
+
+export async function startStack(o: { prefix: string; probes?: Record<string, object>; hostArgs?: string[] }): Promise<Stack> {
+  const runDir = mkdtempSync(`/tmp/${o.prefix}-`);
+  const probeDir = path.join(runDir, "probes");
+  mkdirSync(probeDir);
+  for (const [name, spec] of Object.entries(o.probes ?? {})) writeFileSync(path.join(probeDir, `${name}.json`), JSON.stringify({ name, ...spec }));
+  const nats = await startNats(runDir);
+  const host = await HostProcess.start({ runDir, probeDir, extraArgs: ["--nats", nats.url, ...(o.hostArgs ?? [])] });
+  const client = new VesperApiClient(host.address!, { timeoutMs: 120_000 });
+  return {
+    runDir,
+    nats,
+    host,
+    client,
+    stop: async () => {
+      client.close();
+      await host.stop();
+      await nats.stop();
+    },
+  };
+}
+
+export async function bootGuest(stack: Stack, name: string, extra: Partial<QemuGuestOptions> = {}): Promise<QemuGuest> {
+  const guest = await QemuGuest.start({ name, runDir: stack.runDir, ...extra });
+  if (extra.frontend !== false) {
+    await waitFor(`guest ${name} online`, async () => (await stack.client.listGuests()).find((g) => g.id === name && g.state === 1), {
+      timeoutMs: 120_000,
+      intervalMs: 200,
+    });
+  }
+  return guest;
+}
+
+/** Compiles bench/load/load.c (static, no libc) with the host's gcc. */
+export function buildLoad(runDir: string): string {
+  const out = path.join(runDir, "vload");
+  execFileSync("gcc", ["-static", "-nostdlib", "-O2", "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-Wl,--build-id=none", "-s", "-o", out, path.join(REPO_ROOT, "bench/load/load.c")]);
+  return out;
+}
+
+/** Copies a small host file into the guest through the console (base64 in chunks). */
+export async function pushFile(guest: QemuGuest, local: string, remote: string, mode = "755"): Promise<void> {
+  const b64 = readFileSync(local).toString("base64");
+  await guest.exec(`rm -f ${remote}.b64`);
+  for (let i = 0; i < b64.length; i += 900) await guest.exec(`echo -n '${b64.slice(i, i + 900)}' >> ${remote}.b64`);
+  const r = await guest.exec(`base64 -d ${remote}.b64 > ${remote} && chmod ${mode} ${remote} && rm ${remote}.b64 && echo ok`);
+  if (!r.output.includes("ok")) throw new Error(`pushing ${local} into the guest failed: ${r.output}`);
+}
+
+/** Runs `vload <mode> <n>` in the guest; returns ns per operation. */
+export async function runLoad(guest: QemuGuest, mode: "syscall" | "fork", n: number): Promise<number> {
+  const r = await guest.exec(`/tmp/vload ${mode} ${n}`, { timeoutMs: 600_000 });
+  const m = /ns=(\d+) n=(\d+)/.exec(r.output);
+  if (!m) throw new Error(`load failed: ${r.output}`);
+  return Number(m[1]) / Number(m[2]);
+}

@@ -1,0 +1,118 @@
+/**
+ * Probe overhead: a fork/exit-heavy loop in the guest (bench/load/load.c `fork N`), in one run:
+ *   1. no tracing,
+ *   2. the kernel tracing the same events as Vesper's `process` group (sched fork/exec/exit
+ *      tracepoints + the do_exit kprobe with its fetch args) in an instance nobody reads,
+ *   3. Vesper's `process` group loaded (urgent mode) and read by the host.
+ * Configurations are interleaved over --reps rounds; medians are compared. Overhead is in
+ * percentage points of the untraced time: kernel = (2-1)/1, Vesper adds = (3-2)/1 (goal ≤ 3 pp).
+ *
+ *   node --import tsx bench/overhead/run.ts [--iterations 5000] [--reps 3]
+ */
+import { setTimeout as sleep } from "node:timers/promises";
+import { connect } from "@nats-io/transport-node";
+import { bootGuest, buildLoad, pushFile, runLoad, startStack } from "../lib/stack.js";
+import { argOf, barChart, machineLine, median, table, writeResult } from "../lib/report.js";
+
+const N = Number(argOf("--iterations", "5000"));
+const REPS = Number(argOf("--reps", "3"));
+const GUEST = "bovh1";
+const T = "/sys/kernel/tracing";
+const I = `${T}/instances/vbench_noread`;
+
+async function main(): Promise<void> {
+  const stack = await startStack({ prefix: "vbo" });
+  const { client } = stack;
+  const guest = await bootGuest(stack, GUEST);
+  const nc = await connect({ servers: stack.nats.url });
+  let frames = 0;
+  let eventsOut = 0;
+  nc.subscribe(`vesper.ring.${GUEST}.up.data`, { callback: () => void frames++ });
+  nc.subscribe(`vesper.events.${GUEST}.process`, { callback: (_e, m) => void (eventsOut += Number(m.headers?.get("Vesper-Batch") || "1")) });
+  try {
+    await pushFile(guest, buildLoad(stack.runDir), "/tmp/vload");
+    await client.rmmod({ guest: GUEST, probe: "process", flags: 1 }).catch(() => undefined);
+    await runLoad(guest, "fork", 500); // warm-up
+    const res: Record<"none" | "kernel" | "vesper", number[]> = { none: [], kernel: [], vesper: [] };
+    const perVesperRun: Array<{ frames: number; events: number }> = [];
+    for (let r = 0; r < REPS; r++) {
+      res.none.push(await runLoad(guest, "fork", N));
+
+      await guest.exec(
+        `mkdir -p ${I} && echo 'p:vbench_noread/exit do_exit code=%di:s64 comm=$comm' >> ${T}/kprobe_events && ` +
+          `for e in sched/sched_process_fork sched/sched_process_exec sched/sched_process_exit vbench_noread/exit; do echo 1 > ${I}/events/$e/enable; done; echo 1 > ${I}/tracing_on`,
+      );
+      res.kernel.push(await runLoad(guest, "fork", N));
+      await guest.exec(
+        `echo 0 > ${I}/tracing_on; for e in sched/sched_process_fork sched/sched_process_exec sched/sched_process_exit vbench_noread/exit; do echo 0 > ${I}/events/$e/enable; done; ` +
+          `rmdir ${I}; echo '-:vbench_noread/exit' >> ${T}/kprobe_events`,
+      );
+
+      await client.insmod({ guest: GUEST, probe: "process", options: {} });
+      await sleep(500);
+      const f0 = frames;
+      const e0 = eventsOut;
+      res.vesper.push(await runLoad(guest, "fork", N));
+      await sleep(2000); // let the tail arrive
+      perVesperRun.push({ frames: frames - f0, events: eventsOut - e0 });
+      await client.rmmod({ guest: GUEST, probe: "process", flags: 0 });
+      console.log(`round ${r + 1}: none ${(res.none[r]! / 1e3).toFixed(1)} µs, kernel ${(res.kernel[r]! / 1e3).toFixed(1)} µs, vesper ${(res.vesper[r]! / 1e3).toFixed(1)} µs per iteration; ${perVesperRun[r]!.events} events in ${perVesperRun[r]!.frames} frames`);
+    }
+    const none = median(res.none);
+    const kernel = median(res.kernel);
+    const vesper = median(res.vesper);
+    const kernelPct = (kernel / none - 1) * 100;
+    const vesperPp = ((vesper - kernel) / none) * 100;
+    const ev = median(perVesperRun.map((x) => x.events));
+    const fr = median(perVesperRun.map((x) => x.frames));
+    const head = ["configuration", "µs per fork+exit+wait (median)", "vs untraced"];
+    const rows = [
+      ["no tracing", (none / 1e3).toFixed(1), "1.00×"],
+      ["kernel tracing the same events, nobody reading", (kernel / 1e3).toFixed(1), `${(kernel / none).toFixed(3)}× (+${kernelPct.toFixed(1)} %)`],
+      ["Vesper `process` group (urgent), read by the host", (vesper / 1e3).toFixed(1), `${(vesper / none).toFixed(3)}×`],
+    ];
+    const verdict = `Vesper adds **${vesperPp.toFixed(1)} percentage points** on top of the kernel's own ${kernelPct.toFixed(1)} % (goal ≤ 3 pp: ${vesperPp <= 3 ? "met" : "missed"}); ` +
+      `${ev} events reached the events stream in ${fr} data frames (${(ev / Math.max(1, fr)).toFixed(1)} events per frame: coalescing under load).`;
+    console.log(table(head, rows));
+    console.log(verdict);
+    const md = [
+      "# Probe overhead (`bench/overhead`)",
+      "",
+      "Command: `make bench-overhead` (= `node --import tsx bench/overhead/run.ts`)",
+      "",
+      machineLine(),
+      `Workload: ${N} × (fork, child _exit(0), wait4) per run (bench/load/load.c), ${REPS} interleaved rounds, medians. ` +
+        "Kernel-only = sched_process_fork/exec/exit + a do_exit kprobe with the same fetch args as `process`, in a tracefs instance nobody reads.",
+      "",
+      table(head, rows),
+      "",
+      `- ${verdict}`,
+      `- per round (µs/iteration): none ${res.none.map((x) => (x / 1e3).toFixed(1)).join(", ")}; kernel ${res.kernel.map((x) => (x / 1e3).toFixed(1)).join(", ")}; Vesper ${res.vesper.map((x) => (x / 1e3).toFixed(1)).join(", ")}`,
+    ].join("\n");
+    writeResult(
+      "overhead",
+      md,
+      barChart({
+        title: "fork/exit loop: cost vs untraced (%)",
+        unit: "%",
+        bars: [
+          { label: "kernel tracing, nobody reading", value: kernelPct },
+          { label: "Vesper process group (urgent)", value: (vesper / none - 1) * 100 },
+        ],
+        goal: { value: kernelPct + 3, label: "goal: kernel + 3 pp" },
+      }),
+    );
+  } finally {
+    await nc.close();
+    await guest.stop();
+    await stack.stop();
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,4 @@
+export * from "./rules.js";
+export * from "./actions.js";
+export * from "./state-file.js";
+export * from "./service.js";
