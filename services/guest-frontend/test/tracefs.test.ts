@@ -171,13 +171,21 @@ describe("ProbeEngine", () => {
     await expectProbeError(engine.unload("exit"), RC.RESULT_CODE_NOT_LOADED);
   });
 
-  test("urgent with minBatchDelayMs: events close together share a page", async () => {
+  test("urgent with minBatchDelayMs: events close together share a page", async (t) => {
     await engine.load(spec({ name: "batch", tracepoints: [{ system: "sched", event: "sched_process_exit", filter: 'comm == "sleep"' }] }));
+    t.after(() => (engine.loaded().includes("batch") ? engine.unload("batch") : undefined));
     const pages = new Collector(engine.readers("batch", { minBatchDelayMs: 300 }));
     // All children on CPU 0, so their exits land in one per-CPU buffer.
     const start = async (): Promise<{ kill: () => void; pid: Buffer }> => {
       const c = spawn("taskset", ["-c", "0", "sleep", "30"], { stdio: "ignore" });
       await new Promise<void>((resolve, reject) => c.once("spawn", resolve).once("error", reject));
+      // taskset execs sleep after it starts: killed before that, the exit has
+      // comm "taskset" and the filter rightly drops it.
+      const deadline = Date.now() + 10_000;
+      while (fs.readFileSync(`/proc/${c.pid}/comm`, "utf8").trim() !== "sleep") {
+        if (Date.now() > deadline) throw new Error(`child ${c.pid} never became sleep`);
+        await new Promise((r) => setTimeout(r, 5));
+      }
       const pid = Buffer.alloc(4);
       pid.writeInt32LE(c.pid!);
       return { kill: () => c.kill("SIGKILL"), pid };
