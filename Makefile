@@ -4,10 +4,12 @@ NODE_TEST := node --import tsx --test --test-concurrency=1 --test-reporter=spec
 UNIT_TESTS := $(shell find services -path '*/node_modules' -prune -o -name '*.test.ts' -print 2>/dev/null | grep -v '/test/integration/' | sort)
 INTEGRATION_TESTS := $(sort $(wildcard test/integration/*.test.ts))
 E2E_TESTS := $(sort $(wildcard test/e2e/*.test.ts))
+# Two-node Pacemaker clusters in namespaces with QEMU guests (about 2 minutes).
+FAILOVER_TESTS := $(sort $(wildcard test/failover/*.test.ts))
 # Time-bounded fuzzing of everything read from guests (VESPER_FUZZ_SECONDS, default 30).
 FUZZ_TESTS := $(sort $(wildcard test/fuzz/*.test.ts))
 
-.PHONY: all deps build gen guest-image demo test test-unit test-integration test-e2e test-fuzz host clean bench pacemaker-deps test-failover bench-failover
+.PHONY: all deps build gen guest-image demo test test-unit test-integration test-e2e test-fuzz host clean bench test-failover bench-failover
 
 all: build
 
@@ -28,7 +30,7 @@ demo: guest-image
 	node --import tsx scripts/demo.ts
 
 test: guest-image
-	$(NODE_TEST) $(UNIT_TESTS) $(FUZZ_TESTS) $(INTEGRATION_TESTS) $(E2E_TESTS)
+	$(NODE_TEST) $(UNIT_TESTS) $(FUZZ_TESTS) $(INTEGRATION_TESTS) $(E2E_TESTS) $(FAILOVER_TESTS)
 
 test-unit: build
 	$(NODE_TEST) $(UNIT_TESTS)
@@ -42,16 +44,12 @@ test-integration: build
 test-e2e: guest-image
 	$(NODE_TEST) $(E2E_TESTS)
 
-# The failover evaluation with real two-node Pacemaker clusters in namespaces (a few minutes; not in `make test`).
-pacemaker-deps:
-	@command -v crm_resource >/dev/null && command -v corosync >/dev/null || \
-	  apt-get install -y --no-install-recommends corosync pacemaker pacemaker-cli-utils
-
-test-failover: guest-image pacemaker-deps
-	$(NODE_TEST) test/failover/failover.test.ts
+# The failover evaluation alone (also part of `make test`); scripts/setup.sh installs corosync and pacemaker.
+test-failover: guest-image
+	$(NODE_TEST) $(FAILOVER_TESTS)
 
 # bench/failover: per scenario, failure -> Vesper event / Pacemaker recovery / HTTP again, vs 10 s polling monitors.
-bench-failover: guest-image pacemaker-deps
+bench-failover: guest-image
 	node --import tsx bench/failover/run.ts $(BENCH_FAILOVER_ARGS)
 
 # Host services in one process, in the foreground.

@@ -1,6 +1,5 @@
 /**
- * The failover evaluation as a test (make test-failover; not part of `make test`: it needs
- * corosync/pacemaker and takes a few minutes). Two-node Pacemaker clusters in namespaces, QEMU guests
+ * The failover evaluation as a test (part of `make test`, alone: make test-failover; about 2 minutes). Two-node Pacemaker clusters in namespaces, QEMU guests
  * with httpd (test/harness/failover-eval.ts):
  * - kill httpd inside the active guest: cluster B (Vesper) fails the service over to node2's guest and
  *   HTTP answers there again; cluster A (VM-level 10 s monitor) does not notice within 35 s.
@@ -11,7 +10,9 @@ import assert from "node:assert/strict";
 import { runScenario } from "../harness/failover-eval.js";
 import { pacemakerInstalled } from "../harness/pacemaker.js";
 
-const skip = process.getuid?.() !== 0 ? "needs root" : !pacemakerInstalled() ? "corosync/pacemaker not installed (make test-failover installs them)" : false;
+const skip = process.getuid?.() !== 0 ? "needs root" : false;
+// Not a skip: scripts/setup.sh installs them, so their absence is a broken setup.
+if (!skip && !pacemakerInstalled()) throw new Error("corosync/pacemaker are not installed: run scripts/setup.sh (make test does)");
 const RUN_DIR = "/tmp/vesper-failover-test";
 const times: string[] = [];
 after(() => {
