@@ -140,7 +140,7 @@ describe("fuzz: guest input, time-bounded", () => {
     const page = fc.record({ cpu: fc.nat({ max: 4096 }), seq: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), page: fc.uint8Array({ maxLength: 256 }).map((b) => Buffer.from(b)) });
     const body: fc.Arbitrary<ring.GuestMessage["body"]> = fc.oneof(
       fc.record({ $case: fc.constant("idle" as const), value: fc.constant({}) }),
-      fc.record({ $case: fc.constant("data" as const), value: fc.record({ probe: fc.string({ maxLength: 40 }), pages: fc.array(page, { maxLength: 4 }) }) }),
+      fc.record({ $case: fc.constant("data" as const), value: fc.record({ probe: fc.string({ maxLength: 40 }), pages: fc.array(page, { maxLength: 4 }), loadId: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), acked: fc.array(fc.record({ cpu: fc.nat({ max: 4096 }), seq: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }) }), { maxLength: 3 }) }) }),
       fc.record({
         $case: fc.constant("hello" as const),
         value: fc.record({ kernelRelease: fc.string(), bootId: fc.string(), loadedProbes: fc.array(fc.string(), { maxLength: 4 }) }).map((h) => ring.Hello.fromPartial(h)),

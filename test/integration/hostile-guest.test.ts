@@ -217,10 +217,10 @@ describe("hostile guests", () => {
     assert.match(early.message, /before Hello/);
     g.send("ctl", { $case: "result", value: { commandId: 424242n, code: OK, message: "", kernelLog: [], detail: undefined } });
     g.hello();
-    const misplaced = await g.errorFor(g.send("ctl", { $case: "data", value: { probe: "exits", pages: [] } }));
+    const misplaced = await g.errorFor(g.send("ctl", { $case: "data", value: { probe: "exits", pages: [], loadId: 1n, acked: [] } }));
     assert.equal(misplaced.code, ring.RingErrorCode.RING_ERROR_CODE_UNSOLICITED);
     // Data claiming another guest, and garbage, on the data path.
-    g.send("data", { $case: "data", value: { probe: "exits", pages: [] } }, { guestId: GOOD });
+    g.send("data", { $case: "data", value: { probe: "exits", pages: [], loadId: 1n, acked: [] } }, { guestId: GOOD });
     g.send("data", Uint8Array.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]));
     await waitFor("counted", async () => (await listenerDrops(g.id))?.dataMalformed === 1n && (await listenerDrops(g.id))?.dataWrongGuest === 1n, { timeoutMs: 10_000 });
     const d = await drops(g.id);
@@ -238,24 +238,42 @@ describe("hostile guests", () => {
     assert.notEqual(good.kernelRelease, "x");
   });
 
-  it("truncated pages, page headers that lie about sizes, replays, unknown probes: dropped and counted", async () => {
+  it("truncated pages, page headers that lie about sizes, replays, gaps, other loads, unknown probes: dropped and counted", async () => {
     const g = fake("broken");
     g.hello();
-    g.serve(answering(() => loaded(REAL_FORMATS)));
+    let loadId = 0n;
+    g.serve(
+      answering(() => {
+        const l = loaded(REAL_FORMATS);
+        loadId = l.loadId;
+        return l;
+      }),
+    );
     await waitFor(`${g.id} online`, async () => (await client.listGuests()).find((x) => x.id === g.id && x.state === 1), { timeoutMs: 15_000 });
     await client.insmod({ guest: g.id, probe: "exits", options: {} });
     const lying = Buffer.alloc(4096);
     lying.writeBigUInt64LE(0x7fff_ffffn, 8); // commit: 2 GB of data in a 4 KB page
     const empty = Buffer.alloc(4096); // commit 0: a valid page with nothing in it
     const page = (seq: bigint, bytes: Buffer): ring.RawPage => ({ cpu: 0, seq, page: bytes });
-    g.send("data", { $case: "data", value: { probe: "exits", pages: [page(1n, Buffer.alloc(10)), page(2n, lying), page(3n, empty), page(3n, empty)] } });
-    g.send("data", { $case: "data", value: { probe: "nosuch", pages: [page(1n, empty)] } });
+    const data = (pages: ring.RawPage[], lid = loadId, probe = "exits"): ring.GuestMessage["body"] => ({ $case: "data", value: { probe, pages, loadId: lid, acked: [] } });
+    const acked = (seq: bigint, resend: boolean) => (m: ring.HostMessage): boolean =>
+      m.body?.$case === "ack" && m.body.value.loadId === loadId && m.body.value.resend === resend && m.body.value.cpus.some((c) => c.cpu === 0 && c.seq === seq);
+    const first = g.send("data", data([page(1n, Buffer.alloc(10)), page(2n, lying), page(3n, empty), page(3n, empty)]));
+    // Bad pages are handled (counted, acked); the replay is re-acked.
+    const ack = await g.next(acked(3n, false));
+    assert.ok(ack.replyTo >= first, "the ack answers the data message");
+    g.send("data", data([page(9n, empty)])); // after a gap: refused, the guest is asked to send again from 4
+    await g.next(acked(3n, true));
+    g.send("data", data([page(4n, empty)], loadId + 1n)); // another load's page
+    g.send("data", data([page(1n, empty)], loadId, "nosuch"));
     await waitFor("counted", async () => (await listenerDrops(g.id))?.unknownProbe === 1n, { timeoutMs: 10_000 });
     const d = await drops(g.id);
     assert.equal(d.badPages, 2n, "the truncated page and the lying one");
     assert.equal(d.replayedPages, 1n);
+    assert.equal(d.outOfOrderPages, 1n);
+    assert.equal(d.staleLoadPages, 1n);
     assert.equal(d.unknownProbe, 1n);
-    assert.equal(d.dataMessages, 2n);
+    assert.equal(d.dataMessages, 4n);
     await client.rmmod({ guest: g.id, probe: "exits", flags: 0 });
   });
 
@@ -265,7 +283,7 @@ describe("hostile guests", () => {
     const chunk = Buffer.alloc(16 * 1024, 1);
     const total = 6 * QUOTA;
     for (let sent = 0; sent < total; sent += chunk.length) {
-      g.send("data", encodeGuestMessage({ version: PROTOCOL_VERSION, guestId: g.id, seq: 1n, body: { $case: "data", value: { probe: "exits", pages: [{ cpu: 0, seq: 1n, page: chunk }] } } }));
+      g.send("data", encodeGuestMessage({ version: PROTOCOL_VERSION, guestId: g.id, seq: 1n, body: { $case: "data", value: { probe: "exits", pages: [{ cpu: 0, seq: 1n, page: chunk }], loadId: 1n, acked: [] } } }));
     }
     await nc.flush();
     const n = 1 + Math.ceil(total / chunk.length);

@@ -1,8 +1,9 @@
 /**
  * The probe-listener on real NATS/JetStream, fed pages captured from the guest
- * kernel: every loss is reported (the kernel's missed-events count, gaps in the
- * page sequence), replays are dropped, and events arrive decoded with their
- * wait-status fields.
+ * kernel: every loss is reported (the kernel's missed-events count; pages that
+ * never came, once the gap timeout passes), pages after a gap are refused until
+ * then, replays are dropped, stored pages are acknowledged, and events arrive
+ * decoded with their wait-status fields.
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -13,7 +14,7 @@ import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { connectNats, ProbeStore, request } from "@vesper/host-common";
 import { ProbeListener } from "@vesper/probe-listener";
-import { api, bus, createLogger, encodeGuestMessage, EVENTS_STREAM, PROTOCOL_VERSION, ring, subjects } from "@vesper/protocol";
+import { api, bus, createLogger, decodeHostMessage, encodeGuestMessage, EVENTS_STREAM, PROTOCOL_VERSION, ring, subjects } from "@vesper/protocol";
 import { waitFor } from "../harness/wait.js";
 
 const FIX = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../services/probe-listener/test/fixtures/guest-6.1");
@@ -51,17 +52,27 @@ function pages(capture: string): Buffer[] {
 }
 
 let seq = 0n;
+const loadId = BigInt(Date.now());
+const GAP_TIMEOUT_MS = 300;
+const acks: ring.DataAck[] = [];
 function send(probe: string, cpu: number, pageSeq: bigint, page: Buffer, guestId = guest): void {
   seq++;
-  const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId, seq, body: { $case: "data", value: { probe, pages: [{ cpu, seq: pageSeq, page }] } } };
+  const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId, seq, body: { $case: "data", value: { probe, pages: [{ cpu, seq: pageSeq, page }], loadId, acked: [] } } };
   nc.publish(subjects.ringUpData(guest), encodeGuestMessage(msg));
 }
 
 before(async () => {
   nc = await connectNats({ name: "test-listener-losses", log });
-  listener = new ProbeListener({ nc, log, store: await ProbeStore.open(nc) });
+  const down = nc.subscribe(subjects.ringDown(guest));
+  void (async () => {
+    for await (const m of down) {
+      const msg = decodeHostMessage(m.data);
+      if (msg.body?.$case === "ack") acks.push(msg.body.value);
+    }
+  })();
+  listener = new ProbeListener({ nc, log, store: await ProbeStore.open(nc), gapTimeoutMs: GAP_TIMEOUT_MS });
   await listener.start();
-  const loaded: ring.LoadedProbe = { instance: "vesper-fixture", formats: formats(), headerPage: read("header_page"), pageSize: 4096, cpus: 1, loadId: BigInt(Date.now()) };
+  const loaded: ring.LoadedProbe = { instance: "vesper-fixture", formats: formats(), headerPage: read("header_page"), pageSize: 4096, cpus: 1, loadId };
   const r = await request(nc, subjects.listenerAttach, bus.AttachRequest, bus.AttachResponse, { guest, spec, loaded });
   assert.equal(r.error, undefined);
 });
@@ -86,13 +97,21 @@ async function collect(startSeq: number, until: (rs: api.WatchEventsResponse[]) 
   return out;
 }
 
+const ackedTo = (s: bigint, resend = false): boolean => acks.some((a) => a.loadId === loadId && a.resend === resend && a.cpus.some((c) => c.cpu === 0 && c.seq === s));
+
 test("kernel-reported losses, sequence gaps and replays are all accounted for", async () => {
   const info = await (await jetstreamManager(nc)).streams.info(EVENTS_STREAM);
   const start = Number(info.state.last_seq) + 1;
   const [overflow] = pages("overflow");
   const [basic] = pages("basic");
   send("fixture", 0, 1n, overflow!); // page header: 877 events overwritten before it
-  send("fixture", 0, 3n, basic!); // page 2 never arrived
+  await waitFor("page 1 acknowledged once stored", () => ackedTo(1n), { timeoutMs: 10_000 });
+  send("fixture", 0, 3n, basic!); // page 2 has not arrived: refused, and the guest is asked to send from 2
+  await waitFor("a resend request after the gap", () => ackedTo(1n, true), { timeoutMs: 10_000 });
+  assert.equal(listener.counts(guest).outOfOrderPages, 1);
+  await new Promise((r) => setTimeout(r, GAP_TIMEOUT_MS + 50));
+  send("fixture", 0, 3n, basic!); // page 2 never came: after the gap timeout it is reported lost
+  await waitFor("page 3 acknowledged", () => ackedTo(3n), { timeoutMs: 10_000 });
   send("fixture", 0, 3n, basic!); // a replay
   send("nosuch", 0, 1n, basic!); // a probe nobody listens to
   const rs = await collect(start, (r) => r.filter((x) => x.kind?.$case === "loss").length >= 2 && r.some((x) => x.kind?.$case === "event" && x.kind.value.pageSeq === 3n && x.kind.value.event === "vesper_fixture/exit" && x.kind.value.pid === 207));

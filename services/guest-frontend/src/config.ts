@@ -26,10 +26,29 @@ export interface FrontendConfig {
   statsIntervalMs: number;
   /** Set our own oom_score_adj to -1000 (needs root). */
   oomProtect: boolean;
+  /**
+   * RAM-backed directory for the spool of unacknowledged pages, per instance prefix
+   * (a frontend started again adopts its predecessor's probes from it); "" = none.
+   */
+  spoolDir: string | undefined;
+  /** Unacknowledged pages per probe and CPU before the readers wait (default 256: 1 MiB of 4 KiB pages). */
+  windowPages: number;
+  /** Resend what the host has not acknowledged after this long without progress. */
+  ackTimeoutMs: number;
+  /** On SIGTERM, leave the probes loaded and spooled for the next frontend (an upgrade) instead of unloading them. */
+  keepProbesOnExit: boolean;
 }
 
 export const FRONTEND_USAGE = `usage: guest-frontend [--guest-id ID] [--transport virtio-serial|nats] [--port-name NAME]
-       [--nats URL] [--nats-user U --nats-pass P | --nats-token T] [--instance-prefix P] [--tracefs DIR] [--no-oom-protect]`;
+       [--nats URL] [--nats-user U --nats-pass P | --nats-token T] [--instance-prefix P] [--tracefs DIR] [--no-oom-protect]
+       [--spool-dir DIR (default /run/vesper/spool; "" for none)] [--window-pages N] [--ack-timeout-ms MS] [--keep-probes-on-exit]`;
+
+function intIn(name: string, v: string | undefined, dflt: number, min: number, max: number): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
+  return n;
+}
 
 function cmdlineGuest(): string | undefined {
   try {
@@ -54,6 +73,10 @@ export function loadFrontendConfig(argv: string[], env: NodeJS.ProcessEnv = proc
       "instance-prefix": { type: "string" },
       tracefs: { type: "string" },
       "no-oom-protect": { type: "boolean" },
+      "spool-dir": { type: "string" },
+      "window-pages": { type: "string" },
+      "ack-timeout-ms": { type: "string" },
+      "keep-probes-on-exit": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -83,5 +106,14 @@ export function loadFrontendConfig(argv: string[], env: NodeJS.ProcessEnv = proc
     maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
     statsIntervalMs: 1_000,
     oomProtect: values["no-oom-protect"] !== true && env.VESPER_NO_OOM_PROTECT !== "1",
+    spoolDir: spoolDirOf(values["spool-dir"] ?? env.VESPER_SPOOL_DIR ?? "/run/vesper/spool", prefix),
+    windowPages: intIn("--window-pages", values["window-pages"] ?? env.VESPER_WINDOW_PAGES, 256, 1, 65_536),
+    ackTimeoutMs: intIn("--ack-timeout-ms", values["ack-timeout-ms"] ?? env.VESPER_ACK_TIMEOUT_MS, 2_000, 50, 600_000),
+    keepProbesOnExit: values["keep-probes-on-exit"] === true || env.VESPER_KEEP_PROBES_ON_EXIT === "1",
   };
+}
+
+/** Each frontend (instance prefix) has its own spool under the directory. */
+function spoolDirOf(dir: string, prefix: string): string | undefined {
+  return dir === "" ? undefined : `${dir.replace(/\/+$/, "")}/${prefix}`;
 }

@@ -1,6 +1,6 @@
 /**
  * Hand-rolled encoder for the one hot message: GuestMessage{version, guest_id, seq,
- * data: ProbeData{probe, pages: RawPage{cpu, seq, page}}}. Produces exactly the bytes
+ * data: ProbeData{probe, pages: RawPage{cpu, seq, page}, load_id, acked: CpuSeq{cpu, seq}}}. Produces exactly the bytes
  * the generated encoder does (proto3: default values omitted, fields in number
  * order; checked by test/data-encoder.test.ts) with one allocation and one copy per
  * page, optionally leaving room for the 8-byte frame header in front so a
@@ -53,6 +53,18 @@ function putBigVarint(buf: Buffer, off: number, v: bigint): number {
   return off;
 }
 
+export interface CpuSeq {
+  cpu: number;
+  seq: bigint;
+}
+
+function cpuSeqLen(c: CpuSeq): number {
+  let n = 0;
+  if (c.cpu !== 0) n += 1 + varintLen(c.cpu);
+  if (c.seq !== 0n) n += 1 + bigVarintLen(c.seq);
+  return n;
+}
+
 function pageLen(p: DataPage): number {
   let n = 0;
   if (p.cpu !== 0) n += 1 + varintLen(p.cpu);
@@ -72,12 +84,17 @@ export function encodeDataMessage(
   probe: string,
   pages: readonly DataPage[],
   framed = false,
+  loadId = 0n,
+  acked: readonly CpuSeq[] = [],
 ): Buffer {
   const probeBytes = Buffer.byteLength(probe);
   const guestBytes = Buffer.byteLength(guestId);
   let dataLen = probeBytes !== 0 ? 1 + varintLen(probeBytes) + probeBytes : 0;
   const pageLens = pages.map(pageLen);
   for (const l of pageLens) dataLen += 1 + varintLen(l) + l;
+  if (loadId !== 0n) dataLen += 1 + bigVarintLen(loadId);
+  const ackLens = acked.map(cpuSeqLen);
+  for (const l of ackLens) dataLen += 1 + varintLen(l) + l;
   let total = 0;
   if (version !== 0) total += 1 + varintLen(version);
   if (guestBytes !== 0) total += 1 + varintLen(guestBytes) + guestBytes;
@@ -129,6 +146,22 @@ export function encodeDataMessage(
       o = putVarint(out, o, p.page.length);
       out.set(p.page, o);
       o += p.page.length;
+    }
+  });
+  if (loadId !== 0n) {
+    out[o++] = 0x18;
+    o = putBigVarint(out, o, loadId);
+  }
+  acked.forEach((c, i) => {
+    out[o++] = 0x22;
+    o = putVarint(out, o, ackLens[i]!);
+    if (c.cpu !== 0) {
+      out[o++] = 0x08;
+      o = putVarint(out, o, c.cpu);
+    }
+    if (c.seq !== 0n) {
+      out[o++] = 0x10;
+      o = putBigVarint(out, o, c.seq);
     }
   });
   if (o !== out.length) throw new Error(`data encoder size mismatch (${o} != ${out.length})`);

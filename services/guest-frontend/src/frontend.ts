@@ -2,24 +2,47 @@
  * The guest frontend: executes the host's commands with the tracefs probe engine
  * and pumps each loaded probe's per-CPU pages to the host. Pages are shipped as
  * the kernel wrote them (the host decodes); each carries a per-probe, per-CPU
- * sequence number so the host can tell a lost page from a quiet CPU.
+ * sequence number and stays in that CPU's send window (and the spool) until the
+ * host acknowledges it.
  *
- * Backpressure: a pump reads the next page only after the transport took the
- * last one, so when the host is slow the kernel ring keeps the events or counts
- * what it overwrites; nothing piles up unseen in this process.
+ * Backpressure: a pump reads the next page only when its window has room, so when
+ * the host is slow or away the kernel ring keeps the events or counts what it
+ * overwrites; nothing piles up unseen in this process.
  */
-import { randomBytes } from "node:crypto";
-import { ErrorCode, isVesperError, PROTOCOL_VERSION, ring, type Logger } from "@vesper/protocol";
+import { ErrorCode, isVesperError, ring, type Logger } from "@vesper/protocol";
 import type { CommandHandler, RingClient } from "./ring-client.js";
+import { SendWindow, type OutPage } from "./send-window.js";
+import { ProbeSpool, type RecoveredSpool } from "./spool.js";
 import { ProbeError, readPageBatches, type PageRead, type ProbeEngine, type Tracefs } from "./tracefs/index.js";
 
-const AGENT_VERSION = "0.1.0";
-void PROTOCOL_VERSION;
+const AGENT_VERSION = "0.2.0";
+
+export interface FrontendOptions {
+  /** How often loaded probes' kernel counters are reported. */
+  statsIntervalMs: number;
+  /** RAM-backed directory for the spool; undefined: no spool (a killed frontend loses its window). */
+  spoolDir: string | undefined;
+  /** Unacknowledged pages per probe and CPU (the send window, and the spool's slots). */
+  windowPages: number;
+  /** No ack progress for this long while pages are out: send them again. */
+  ackTimeoutMs: number;
+  /** Most pages in one data message (bulk mode reads up to this many per drain). */
+  maxPagesPerMessage: number;
+  /** Most page bytes in one data message (under the frame limit). */
+  maxMessageBytes: number;
+}
 
 interface RunningProbe {
   readonly spec: ring.ProbeSpec;
+  readonly loadId: bigint;
+  /** Stops the page readers. */
   readonly abort: AbortController;
+  /** Set at unload: nothing more is sent. */
+  stopped: boolean;
   readonly pumps: Promise<void>[];
+  readonly windows: SendWindow[];
+  readonly sending: boolean[];
+  spool: ProbeSpool | undefined;
   pagesDropped: bigint;
 }
 
@@ -27,18 +50,22 @@ export class Frontend implements CommandHandler {
   private readonly running = new Map<string, RunningProbe>();
   private client: RingClient | undefined;
   private statsTimer: NodeJS.Timeout | undefined;
+  private resendTimer: NodeJS.Timeout | undefined;
+  private spoolWarned = false;
 
   constructor(
     private readonly tracefs: Tracefs,
     private readonly engine: ProbeEngine,
     private readonly log: Logger,
-    private readonly statsIntervalMs: number,
+    private readonly o: FrontendOptions,
   ) {}
 
   attach(client: RingClient): void {
     this.client = client;
-    this.statsTimer = setInterval(() => void this.sendStats(), this.statsIntervalMs);
+    this.statsTimer = setInterval(() => void this.sendStats(), this.o.statsIntervalMs);
     this.statsTimer.unref();
+    this.resendTimer = setInterval(() => this.checkStalls(), Math.max(50, Math.floor(this.o.ackTimeoutMs / 4)));
+    this.resendTimer.unref();
   }
 
   async hello(): Promise<ring.Hello> {
@@ -74,50 +101,202 @@ export class Frontend implements CommandHandler {
     }
   }
 
+  onAck(ack: ring.DataAck): boolean {
+    const rp = this.running.get(ack.probe);
+    if (rp === undefined || rp.loadId !== ack.loadId) return false;
+    let ok = true;
+    for (const c of ack.cpus) {
+      const w = rp.windows[c.cpu];
+      if (w === undefined || !w.ack(c.seq, ack.resend)) {
+        ok = false;
+        continue;
+      }
+      if (w.hasUnsent) this.kick(rp, c.cpu);
+    }
+    return ok;
+  }
+
+  onWelcome(): void {
+    // A new Welcome may come from a host that restarted: whatever was in flight is gone.
+    for (const rp of this.running.values()) {
+      rp.windows.forEach((w, cpu) => {
+        if (w.unacked === 0) return;
+        w.rewind();
+        this.kick(rp, cpu);
+      });
+    }
+  }
+
+  /**
+   * Takes over probes an earlier frontend process left (killed, crashed): each spool
+   * whose tracefs instance is intact resumes with the same load id and sequence, and
+   * its pages go out again; the rest are removed. Returns the probes resumed.
+   */
+  async adopt(recovered: readonly RecoveredSpool[]): Promise<string[]> {
+    const resumed: string[] = [];
+    for (const r of recovered) {
+      const { meta } = r;
+      try {
+        const got = await this.engine.adopt(meta.spec);
+        if (got.cpus !== meta.cpus || got.pageSize !== meta.pageSize) {
+          await this.engine.unload(meta.spec.name).catch(() => undefined);
+          throw new Error(`instance has ${got.cpus} CPUs of ${got.pageSize}-byte pages, the spool ${meta.cpus} of ${meta.pageSize}`);
+        }
+        const pending = [...r.pages.values()].reduce((n, p) => n + p.length, 0);
+        this.start(meta.spec, meta.loadId, meta.cpus, meta.pageSize, r.spool, r.pages);
+        resumed.push(meta.spec.name);
+        this.log.info({ probe: meta.spec.name, loadId: String(meta.loadId), pagesToResend: pending }, "resumed a probe from its spool");
+      } catch (err) {
+        r.spool.remove();
+        this.log.warn({ probe: meta.spec.name, err: (err as Error).message }, "cannot resume a spooled probe; the host will load it again");
+      }
+    }
+    return resumed;
+  }
+
   private async load(spec: ring.ProbeSpec | undefined): Promise<ring.LoadedProbe> {
     if (spec === undefined) throw new ProbeError(ring.ResultCode.RESULT_CODE_INVALID_SPEC, "load command without a probe spec");
     if (this.running.has(spec.name)) {
       throw new ProbeError(ring.ResultCode.RESULT_CODE_ALREADY_LOADED, `probe ${spec.name} is already loaded`);
     }
     const loaded = await this.engine.load(spec);
-    loaded.loadId = randomBytes(8).readBigUInt64BE();
-    const abort = new AbortController();
-    const mode = spec.delivery === ring.DeliveryMode.DELIVERY_MODE_BULK ? "bulk" : "urgent";
-    const rp: RunningProbe = { spec, abort, pumps: [], pagesDropped: 0n };
-    for (let cpu = 0; cpu < loaded.cpus; cpu++) {
-      const pages = readPageBatches(this.engine.instanceDir(spec.name), cpu, mode, {
-        signal: abort.signal,
-        flushIntervalMs: spec.flushIntervalMs,
-        pageSize: loaded.pageSize,
-      });
-      rp.pumps.push(this.pump(spec.name, cpu, pages, rp));
+    let spool: ProbeSpool | undefined;
+    if (this.o.spoolDir !== undefined) {
+      try {
+        spool = ProbeSpool.create(this.o.spoolDir, {
+          spec,
+          loadId: loaded.loadId,
+          instance: loaded.instance,
+          cpus: loaded.cpus,
+          pageSize: loaded.pageSize,
+          slots: this.o.windowPages,
+        });
+      } catch (err) {
+        this.warnSpool(err);
+      }
     }
-    this.running.set(spec.name, rp);
-    this.log.info({ probe: spec.name, instance: loaded.instance, cpus: loaded.cpus, mode }, "probe loaded");
+    this.start(spec, loaded.loadId, loaded.cpus, loaded.pageSize, spool, new Map());
+    this.log.info({ probe: spec.name, instance: loaded.instance, cpus: loaded.cpus, spool: spool !== undefined }, "probe loaded");
     return loaded;
   }
 
-  private async pump(probe: string, cpu: number, batches: AsyncIterable<PageRead[]>, rp: RunningProbe): Promise<void> {
-    let seq = 0n;
+  private start(
+    spec: ring.ProbeSpec,
+    loadId: bigint,
+    cpus: number,
+    pageSize: number,
+    spool: ProbeSpool | undefined,
+    resend: ReadonlyMap<number, OutPage[]>,
+  ): void {
+    const abort = new AbortController();
+    const mode = spec.delivery === ring.DeliveryMode.DELIVERY_MODE_BULK ? "bulk" : "urgent";
+    const perBatch = Math.max(1, Math.min(this.o.maxPagesPerMessage, this.o.windowPages));
+    const rp: RunningProbe = { spec, loadId, abort, stopped: false, pumps: [], windows: [], sending: [], spool, pagesDropped: 0n };
+    for (let cpu = 0; cpu < cpus; cpu++) {
+      const old = resend.get(cpu) ?? [];
+      // After a restart the host holds at least everything before the oldest spooled page.
+      const w = new SendWindow(cpu, this.o.windowPages, old.length > 0 ? old[0]!.seq - 1n : 0n);
+      w.push(old);
+      rp.windows.push(w);
+      rp.sending.push(false);
+    }
+    this.running.set(spec.name, rp);
+    for (let cpu = 0; cpu < cpus; cpu++) {
+      const batches = readPageBatches(this.engine.instanceDir(spec.name), cpu, mode, {
+        signal: abort.signal,
+        flushIntervalMs: spec.flushIntervalMs,
+        pageSize,
+        maxPagesPerBatch: perBatch,
+      });
+      rp.pumps.push(this.pump(spec.name, cpu, batches, rp, perBatch));
+      if (rp.windows[cpu]!.hasUnsent) this.kick(rp, cpu);
+    }
+  }
+
+  private async pump(probe: string, cpu: number, batches: AsyncIterable<PageRead[]>, rp: RunningProbe, perBatch: number): Promise<void> {
+    const w = rp.windows[cpu]!;
+    const signal = rp.abort.signal;
+    const it = batches[Symbol.asyncIterator]();
     try {
-      for await (const batch of batches) {
-        // Bulk mode: several pages per message (one frame, one write); urgent: one.
-        const pages = batch.map(({ page }) => ({ cpu, seq: ++seq, page }));
-        const client = this.client;
-        if (client === undefined) {
-          rp.pagesDropped += BigInt(pages.length);
-          continue;
+      for (;;) {
+        // Room first: the generator reads from the kernel only when pulled.
+        await w.waitForRoom(perBatch, signal);
+        if (signal.aborted) break;
+        const r = await it.next();
+        if (r.done === true) break;
+        const first = w.nextSeq;
+        const pages = r.value.map(({ page }, i) => ({ seq: first + BigInt(i), page }));
+        if (rp.spool !== undefined) {
+          try {
+            rp.spool.write(cpu, pages);
+          } catch (err) {
+            this.warnSpool(err);
+            rp.spool = undefined;
+          }
         }
-        try {
-          await client.sendData({ probe, pages });
-        } catch (err) {
-          rp.pagesDropped += BigInt(pages.length);
-          this.log.warn({ probe, cpu, err: (err as Error).message }, "could not ship a page; counted as dropped");
-        }
+        w.push(pages);
+        this.kick(rp, cpu);
       }
     } catch (err) {
-      if (!rp.abort.signal.aborted) this.log.error({ probe, cpu, err: (err as Error).message }, "page reader failed");
+      if (!signal.aborted) this.log.error({ probe, cpu, err: (err as Error).message }, "page reader failed");
+    } finally {
+      await it.return?.();
     }
+  }
+
+  /** Starts the CPU's sender unless it is running: it sends until the window has nothing unsent. */
+  private kick(rp: RunningProbe, cpu: number): void {
+    if (rp.sending[cpu] === true || rp.stopped) return;
+    rp.sending[cpu] = true;
+    void this.sendLoop(rp, cpu).finally(() => {
+      rp.sending[cpu] = false;
+    });
+  }
+
+  private async sendLoop(rp: RunningProbe, cpu: number): Promise<void> {
+    const w = rp.windows[cpu]!;
+    while (w.hasUnsent && !rp.stopped) {
+      const client = this.client;
+      if (client === undefined) return;
+      // Whatever came in while the last message was being written goes out together.
+      const pages = w.take(this.o.maxPagesPerMessage, this.o.maxMessageBytes);
+      try {
+        await client.sendData({
+          probe: rp.spec.name,
+          loadId: rp.loadId,
+          pages: pages.map((p) => ({ cpu, seq: p.seq, page: p.page })),
+          acked: [{ cpu, seq: w.acked }],
+        });
+      } catch (err) {
+        w.unsend(pages);
+        this.log.warn({ probe: rp.spec.name, cpu, err: (err as Error).message }, "could not send pages; they go out again later");
+        return;
+      }
+    }
+  }
+
+  /** Pages out with no ack progress for ackTimeoutMs go out again (go-back-N). */
+  private checkStalls(): void {
+    const now = Date.now();
+    for (const rp of this.running.values()) {
+      rp.windows.forEach((w, cpu) => {
+        if (w.stalled(now, this.o.ackTimeoutMs)) {
+          this.log.debug({ probe: rp.spec.name, cpu, unacked: w.unacked }, "no ack: sending the window again");
+          w.rewind();
+          w.noteRetry(now);
+        }
+        if (w.hasUnsent) this.kick(rp, cpu);
+      });
+    }
+  }
+
+  private warnSpool(err: unknown): void {
+    if (this.spoolWarned) return;
+    this.spoolWarned = true;
+    this.log.warn(
+      { spoolDir: this.o.spoolDir, err: (err as Error).message },
+      "cannot spool pages: a killed frontend would lose its unacknowledged pages",
+    );
   }
 
   private async unload(probe: string): Promise<void> {
@@ -126,10 +305,13 @@ export class Frontend implements CommandHandler {
       throw new ProbeError(ring.ResultCode.RESULT_CODE_NOT_LOADED, `probe ${probe} is not loaded`);
     }
     rp?.abort.abort();
+    if (rp !== undefined) rp.stopped = true;
+    // The host detached first (two-phase unload): nobody wants what is still unacknowledged.
+    for (const w of rp?.windows ?? []) w.clear();
     this.running.delete(probe);
-    // The engine turns tracing off first, which wakes readers blocked in read().
     await this.engine.unload(probe);
     if (rp !== undefined) await Promise.all(rp.pumps);
+    rp?.spool?.remove();
     this.log.info({ probe }, "probe unloaded");
   }
 
@@ -146,8 +328,33 @@ export class Frontend implements CommandHandler {
     }
   }
 
-  async close(): Promise<void> {
+  /** Unacknowledged pages across all probes (what a clean stop waits for). */
+  get unacked(): number {
+    let n = 0;
+    for (const rp of this.running.values()) for (const w of rp.windows) n += w.unacked;
+    return n;
+  }
+
+  /**
+   * Stops. By default every probe is unloaded (a clean stop). With keepProbes the
+   * probes stay in tracefs and the spools stay on, for the next frontend to adopt
+   * (an upgrade): reading stops and the window gets up to `drainMs` to be acknowledged.
+   */
+  async close(opts: { keepProbes?: boolean; drainMs?: number } = {}): Promise<void> {
     clearInterval(this.statsTimer);
+    if (opts.keepProbes === true) {
+      for (const rp of this.running.values()) rp.abort.abort();
+      const deadline = Date.now() + (opts.drainMs ?? 2_000);
+      while (this.unacked > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      clearInterval(this.resendTimer);
+      for (const rp of this.running.values()) {
+        await Promise.all(rp.pumps);
+        rp.spool?.close();
+      }
+      this.running.clear();
+      return;
+    }
+    clearInterval(this.resendTimer);
     for (const probe of [...this.running.keys()]) await this.unload(probe).catch(() => undefined);
   }
 }

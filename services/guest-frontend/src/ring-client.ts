@@ -1,8 +1,9 @@
 /**
  * The guest end of the ring. The guest initiates everything (the VESPER rule):
  * Hello, then one outstanding IdleRequest that the host answers with a Command.
- * The guest executes it, sends a Result and posts the next IdleRequest. Any host
- * message that does not answer the outstanding request is dropped and counted.
+ * The guest executes it, sends a Result and posts the next IdleRequest. Data
+ * messages are answered by DataAcks, which the handler checks against what it
+ * sent. Any host message that answers nothing outstanding is dropped and counted.
  * If an answer does not come in time (host restarted, bridge reconnected), the
  * client starts over with a new Hello.
  */
@@ -20,6 +21,10 @@ import type { GuestTransport } from "./transports/transport.js";
 export interface CommandHandler {
   hello(): Promise<ring.Hello>;
   handle(command: ring.Command): Promise<ring.Result>;
+  /** A DataAck; false when it acknowledges nothing this guest sent (dropped, counted). */
+  onAck?(ack: ring.DataAck): boolean;
+  /** The host welcomed a Hello: it may have restarted and lost what was in flight. */
+  onWelcome?(): void;
 }
 
 export interface RingClientOptions {
@@ -35,12 +40,13 @@ export interface RingClientStats {
   commands: number;
   dropped: number;
   dataMessages: number;
+  acks: number;
 }
 
 type Outstanding = { readonly seq: bigint; readonly kind: "hello" | "idle" };
 
 export class RingClient {
-  readonly stats: RingClientStats = { hellos: 0, commands: 0, dropped: 0, dataMessages: 0 };
+  readonly stats: RingClientStats = { hellos: 0, commands: 0, dropped: 0, dataMessages: 0, acks: 0 };
   private seq = 0n;
   private outstanding: Outstanding | undefined;
   private idleHoldMs = 5_000;
@@ -80,14 +86,14 @@ export class RingClient {
     }
   }
 
-  /** Probe data flows unanswered and does not wait for an idle request. */
+  /** Probe data does not wait for an idle request; the host answers it with a DataAck. */
   async sendData(data: ring.ProbeData): Promise<void> {
     this.stats.dataMessages++;
     this.seq++;
     // The hot path: a hand-rolled encoder (same bytes as the generated one), framed in place
     // when the transport is a byte stream.
     const framed = this.transport.sendFrame !== undefined;
-    const bytes = encodeDataMessage(PROTOCOL_VERSION, this.opts.guestId, this.seq, data.probe, data.pages, framed);
+    const bytes = encodeDataMessage(PROTOCOL_VERSION, this.opts.guestId, this.seq, data.probe, data.pages, framed, data.loadId, data.acked);
     if (framed) await this.transport.sendFrame!(FrameKind.Data, bytes);
     else await this.transport.send(FrameKind.Data, bytes);
   }
@@ -135,6 +141,16 @@ export class RingClient {
       this.log.warn({ err: (err as Error).message }, "dropping undecodable host message");
       return;
     }
+    if (msg.body?.$case === "ack") {
+      // Answers a data message: it must name one we sent, and acknowledge pages we sent.
+      const ok = msg.guestId === this.opts.guestId && msg.replyTo > 0n && msg.replyTo <= this.seq && (this.handler.onAck?.(msg.body.value) ?? false);
+      if (ok) this.stats.acks++;
+      else {
+        this.stats.dropped++;
+        this.log.warn({ replyTo: String(msg.replyTo), probe: msg.body.value.probe }, "dropping an ack for nothing we sent");
+      }
+      return;
+    }
     const pending = this.outstanding;
     if (msg.guestId !== this.opts.guestId || pending === undefined || msg.replyTo !== pending.seq) {
       this.stats.dropped++;
@@ -150,6 +166,7 @@ export class RingClient {
         this.connected = true;
         if (body.value.idleHoldMs > 0) this.idleHoldMs = body.value.idleHoldMs;
         this.log.info({ idleHoldMs: this.idleHoldMs }, "host welcomed us");
+        this.handler.onWelcome?.();
         await this.post("idle", { $case: "idle", value: {} });
         return;
       case "command": {

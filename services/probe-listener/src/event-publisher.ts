@@ -24,23 +24,30 @@ export class EventPublisher {
     private readonly maxInflight = 2048,
   ) {}
 
-  /** Resolves once the record is handed over (not acked); awaits when too many acks are outstanding. */
-  async publish(subject: string, data: Uint8Array, msgID: string, headers?: MsgHdrs): Promise<void> {
+  /**
+   * Resolves once the record is handed over, with `stored`: the stream's ack (it
+   * rejects when the record was not stored). Awaits while too many acks are outstanding.
+   */
+  async publish(subject: string, data: Uint8Array, msgID: string, headers?: MsgHdrs): Promise<{ stored: Promise<void> }> {
     while (this.stats.inflight >= this.maxInflight) {
       await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
     this.stats.inflight++;
-    this.js.publish(subject, data, headers === undefined ? { msgID } : { msgID, headers }).then(
+    const stored = this.js.publish(subject, data, headers === undefined ? { msgID } : { msgID, headers }).then(
       () => {
         this.stats.published++;
         this.done();
       },
       (err: unknown) => {
         this.stats.failed++;
-        this.log.error({ subject, err: (err as Error).message }, "publishing an event failed");
+        this.log.warn({ subject, err: (err as Error).message }, "an event was not stored; the guest sends its page again");
         this.done();
+        throw err;
       },
     );
+    // The caller may stop caring (e.g. after a detach); a rejection must not go unhandled.
+    stored.catch(() => undefined);
+    return { stored };
   }
 
   private done(): void {

@@ -1,9 +1,12 @@
 /**
  * probe-listener: turns the raw ftrace pages guests send into typed events.
  * For each (guest, probe) it holds the decoder built from the formats the guest
- * reported at load, checks per-CPU page order, counts every loss (the kernel's,
- * from page headers, and the transport's, from sequence gaps) and publishes
- * events and loss records on vesper.events.<guest>.<probe> (JetStream).
+ * reported at load, takes each CPU's pages in sequence order, counts every loss
+ * (the kernel's, from page headers; pages that never came, after a timeout) and
+ * publishes events and loss records on vesper.events.<guest>.<probe> (JetStream).
+ * Once a page's events are stored it acknowledges the page to the guest (DataAck),
+ * which until then keeps it and sends it again after a timeout: a restart of the
+ * listener, the bridge or NATS loses nothing.
  *
  * Everything here reads guest bytes: a bad message is counted and dropped, and
  * never disturbs another guest's events.
@@ -15,8 +18,10 @@ import {
   bus,
   decodeGuestMessage,
   DEFAULT_MAX_FRAME_BYTES,
+  encodeHostMessage,
   ErrorCode,
   guestOfRingSubject,
+  PROTOCOL_VERSION,
   ring,
   subjects,
   VesperError,
@@ -26,15 +31,20 @@ import { ensureEventsStream, EventBatchWriter, serve, type ProbeStore } from "@v
 import { CommCache } from "./comm-cache.js";
 import { EventPublisher } from "./event-publisher.js";
 import { toApiEvent } from "./event-mapper.js";
-import { PageDecoder, parseEventFormat, parseHeaderPage } from "./ftrace/index.js";
-import { PageSequencer } from "./page-sequencer.js";
+import { PageDecoder, parseEventFormat, parseHeaderPage, type DecodedPage } from "./ftrace/index.js";
+import { CpuCursor } from "./cpu-cursor.js";
 
 interface Attachment {
   readonly guest: string;
   readonly probe: string;
   readonly loadId: bigint;
   readonly decoder: PageDecoder;
-  readonly sequencer: PageSequencer;
+  readonly cursors: Map<number, CpuCursor>;
+  /** CPUs whose ack is due, sent together on the next tick. */
+  readonly ackDue: Set<number>;
+  ackResend: boolean;
+  ackReplyTo: bigint;
+  ackScheduled: boolean;
   /** Bulk probes: one JetStream message per data message (a batch of records), see events-batch.ts. */
   readonly batched: boolean;
   events: number;
@@ -48,6 +58,10 @@ export interface GuestCounters {
   unknownProbe: number;
   badPages: number;
   replayedPages: number;
+  /** Pages after a gap, not taken (the guest sends again from the gap). */
+  outOfOrderPages: number;
+  /** Pages of another load of the probe than the one listened to. */
+  staleLoadPages: number;
   oversize: number;
   overQuota: number;
 }
@@ -61,9 +75,15 @@ export interface ProbeListenerOptions {
   /**
    * Per-guest quota on data bytes per second, with a burst of one second's worth
    * (default 64 MiB/s; 0: none). What is over it is dropped before decoding and
-   * counted; the page sequence gap then shows as a loss record downstream.
+   * counted; the guest sends those pages again once the rate allows.
    */
   maxGuestBytesPerSec?: number;
+  /**
+   * How long pages after a gap are refused (the guest is asked to send again from the
+   * gap) before the missing pages count as lost: a loss record, then the stream goes on.
+   * Default 10 s.
+   */
+  gapTimeoutMs?: number;
 }
 
 /** A token bucket of bytes. */
@@ -91,6 +111,8 @@ export function toGuestDrops(c: GuestCounters): api.GuestDrops {
     unknownProbe: BigInt(c.unknownProbe),
     badPages: BigInt(c.badPages),
     replayedPages: BigInt(c.replayedPages),
+    outOfOrderPages: BigInt(c.outOfOrderPages),
+    staleLoadPages: BigInt(c.staleLoadPages),
     oversize: BigInt(c.oversize),
     overQuota: BigInt(c.overQuota),
   });
@@ -174,7 +196,7 @@ export class ProbeListener {
   counts(guest: string): GuestCounters {
     let c = this.counters.get(guest);
     if (c === undefined) {
-      c = { messages: 0, malformed: 0, wrongGuest: 0, unknownProbe: 0, badPages: 0, replayedPages: 0, oversize: 0, overQuota: 0 };
+      c = { messages: 0, malformed: 0, wrongGuest: 0, unknownProbe: 0, badPages: 0, replayedPages: 0, outOfOrderPages: 0, staleLoadPages: 0, oversize: 0, overQuota: 0 };
       this.counters.set(guest, c);
     }
     return c;
@@ -197,7 +219,11 @@ export class ProbeListener {
       probe: spec.name,
       loadId: loaded.loadId,
       decoder,
-      sequencer: new PageSequencer(),
+      cursors: new Map(),
+      ackDue: new Set(),
+      ackResend: false,
+      ackReplyTo: 0n,
+      ackScheduled: false,
       batched: spec.delivery === ring.DeliveryMode.DELIVERY_MODE_BULK,
       events: 0,
       kernelLost: 0n,
@@ -254,15 +280,21 @@ export class ProbeListener {
       return;
     }
     const body = msg.body;
-    if (body?.$case === "data") await this.onPages(guest, body.value, c);
+    if (body?.$case === "data") await this.onPages(guest, body.value, msg.seq, c);
     else if (body?.$case === "stats") this.onStats(guest, body.value);
   }
 
-  private async onPages(guest: string, data: ring.ProbeData, c: GuestCounters): Promise<void> {
+  private async onPages(guest: string, data: ring.ProbeData, msgSeq: bigint, c: GuestCounters): Promise<void> {
     const a = this.attachments.get(`${guest}/${data.probe}`);
     if (a === undefined) {
       c.unknownProbe++;
       this.warn(`${guest}/unknown`, { guest, probe: data.probe, dropped: c.unknownProbe }, "dropping pages of a probe nobody listens to");
+      return;
+    }
+    if (data.loadId !== a.loadId) {
+      // Pages of an earlier (or later) load: other formats, another sequence. Not acked.
+      c.staleLoadPages += data.pages.length;
+      this.warn(`${guest}/staleload`, { guest, probe: a.probe, loadId: String(data.loadId), listening: String(a.loadId) }, "dropping pages of another load");
       return;
     }
     let comms = this.comms.get(guest);
@@ -270,21 +302,38 @@ export class ProbeListener {
     const subject = subjects.events(guest, a.probe);
     const batch = a.batched ? new EventBatchWriter() : undefined;
     let batchId = "";
+    const hints = new Map(data.acked.map((x) => [x.cpu, x.seq] as const));
+    // Per CPU: the stream acks this message's pages wait for, and its newest page taken.
+    const taken = new Map<number, { stored: Promise<void>[]; last: bigint }>();
+    const now = Date.now();
+    const gapTimeoutMs = this.o.gapTimeoutMs ?? 10_000;
     for (const p of data.pages) {
-      const verdict = a.sequencer.check(p.cpu, p.seq);
-      if (!verdict.accept) {
+      const cur = this.cursor(a, p.cpu, hints.get(p.cpu));
+      const verdict = cur.offer(p.seq, now, gapTimeoutMs);
+      if (verdict.kind === "duplicate") {
+        // Sent again after an ack went missing: the ack says how far the host is.
         c.replayedPages++;
-        this.warn(`${guest}/replay`, { guest, probe: a.probe, cpu: p.cpu, seq: String(p.seq) }, "dropping replayed page");
+        this.dueAck(a, p.cpu, msgSeq, false);
         continue;
       }
-      let page: ReturnType<PageDecoder["decode"]>;
+      if (verdict.kind === "ahead") {
+        c.outOfOrderPages++;
+        this.warn(`${guest}/gap`, { guest, probe: a.probe, cpu: p.cpu, seq: String(p.seq), expected: String(cur.next) }, "page after a gap: asking the guest to send again");
+        this.dueAck(a, p.cpu, msgSeq, true);
+        continue;
+      }
+      let t = taken.get(p.cpu);
+      if (t === undefined) taken.set(p.cpu, (t = { stored: [], last: p.seq }));
+      t.last = p.seq;
+      let page: DecodedPage;
       try {
         page = a.decoder.decode(p.page);
       } catch (err) {
-        // A page too short for its header, or not a page at all: drop it, count it.
+        // A page too short for its header, or not a page at all: dropped and counted (and
+        // acked: it is handled). A loss before it is still reported.
         c.badPages++;
         this.warn(`${guest}/badpage`, { guest, probe: a.probe, cpu: p.cpu, err: (err as Error).message, dropped: c.badPages }, "dropping undecodable page");
-        continue;
+        page = { timestamp: 0n, events: [], missedEvents: 0, errors: [] };
       }
       if (page.errors.length > 0) {
         c.badPages++;
@@ -295,14 +344,20 @@ export class ProbeListener {
       if (verdict.pagesLost > 0n || kernelLost > 0n || unknownLoss) {
         a.kernelLost += kernelLost;
         const loss: api.Loss = { guest, probe: a.probe, cpu: p.cpu, kernelLost: unknownLoss ? 1n : kernelLost, pagesLost: verdict.pagesLost };
+        if (verdict.pagesLost > 0n) {
+          this.o.log.warn({ guest, probe: a.probe, cpu: p.cpu, pagesLost: String(verdict.pagesLost) }, "pages never came: reported as lost");
+        }
         if (batch !== undefined) {
           if (batchId === "") batchId = `${a.loadId}.${p.cpu}.${p.seq}.b`;
           batch.add({ kind: { $case: "loss", value: loss }, streamSeq: 0n });
-        } else await this.publisher.publish(
-          subject,
-          api.WatchEventsResponse.encode({ kind: { $case: "loss", value: loss }, streamSeq: 0n }).finish(),
-          `${guest}.${a.probe}.${a.loadId}.${p.cpu}.${p.seq}.loss`,
-        );
+        } else {
+          const r = await this.publisher.publish(
+            subject,
+            api.WatchEventsResponse.encode({ kind: { $case: "loss", value: loss }, streamSeq: 0n }).finish(),
+            `${guest}.${a.probe}.${a.loadId}.${p.cpu}.${p.seq}.loss`,
+          );
+          t.stored.push(r.stored);
+        }
       }
       const receivedUnixNs = BigInt(Date.now()) * 1_000_000n;
       const ctx = { guest, probe: a.probe, cpu: p.cpu, pageSeq: p.seq, receivedUnixNs };
@@ -317,18 +372,60 @@ export class ProbeListener {
           a.events++;
           continue;
         }
-        await this.publisher.publish(
+        const r = await this.publisher.publish(
           subject,
           api.WatchEventsResponse.encode({ kind: { $case: "event", value: event }, streamSeq: 0n }).finish(),
           `${guest}.${a.probe}.${a.loadId}.${p.cpu}.${p.seq}.${index}`,
         );
+        t.stored.push(r.stored);
         index++;
         a.events++;
       }
     }
     if (batch !== undefined && batch.count > 0) {
       const { data: bytes, headers } = batch.finish();
-      await this.publisher.publish(subject, bytes, batchId, headers);
+      const r = await this.publisher.publish(subject, bytes, batchId, headers);
+      for (const t of taken.values()) t.stored.push(r.stored);
+    }
+    for (const [cpu, t] of taken) {
+      this.cursor(a, cpu, undefined).whenStored(t.last, Promise.all(t.stored).then(() => undefined), (ok) => {
+        if (ok) this.dueAck(a, cpu, msgSeq, false);
+        else this.warn(`${guest}/store`, { guest, probe: a.probe, cpu }, "events not stored: the guest sends those pages again");
+      });
+    }
+  }
+
+  private cursor(a: Attachment, cpu: number, hint: bigint | undefined): CpuCursor {
+    let cur = a.cursors.get(cpu);
+    // A new cursor starts where the guest says the host got to (a restarted listener
+    // learns its predecessor's progress from it; a lie only hurts that guest's accounting).
+    if (cur === undefined) a.cursors.set(cpu, (cur = new CpuCursor(hint ?? 0n)));
+    return cur;
+  }
+
+  /** Acks go out on the next tick, all due CPUs of the probe in one message. */
+  private dueAck(a: Attachment, cpu: number, replyTo: bigint, resend: boolean): void {
+    a.ackDue.add(cpu);
+    if (resend) a.ackResend = true;
+    if (replyTo > a.ackReplyTo) a.ackReplyTo = replyTo;
+    if (a.ackScheduled) return;
+    a.ackScheduled = true;
+    setImmediate(() => this.sendAck(a));
+  }
+
+  private sendAck(a: Attachment): void {
+    a.ackScheduled = false;
+    if (this.attachments.get(`${a.guest}/${a.probe}`) !== a || a.ackDue.size === 0) return;
+    const cpus = [...a.ackDue].map((cpu) => ({ cpu, seq: a.cursors.get(cpu)?.durable ?? 0n }));
+    const ack: ring.DataAck = { probe: a.probe, loadId: a.loadId, cpus, resend: a.ackResend };
+    a.ackDue.clear();
+    a.ackResend = false;
+    const msg: ring.HostMessage = { version: PROTOCOL_VERSION, guestId: a.guest, replyTo: a.ackReplyTo, body: { $case: "ack", value: ack } };
+    try {
+      this.o.nc.publish(subjects.ringDown(a.guest), encodeHostMessage(msg));
+    } catch (err) {
+      // NATS is away: the guest's ack timeout sends the pages again, and they are acked then.
+      this.warn(`${a.guest}/ack`, { guest: a.guest, err: (err as Error).message }, "cannot send an ack");
     }
   }
 

@@ -29,7 +29,7 @@ test("guest messages round-trip", () => {
     version: PROTOCOL_VERSION,
     guestId: "web1",
     seq: 42n,
-    body: { $case: "data", value: { probe: "process", pages: [{ cpu: 1, seq: 7n, page: Buffer.alloc(4096, 3) }] } },
+    body: { $case: "data", value: { probe: "process", pages: [{ cpu: 1, seq: 7n, page: Buffer.alloc(4096, 3) }], loadId: 5n, acked: [{ cpu: 1, seq: 6n }] } },
   };
   assert.deepEqual(decodeGuestMessage(encodeGuestMessage(msg)), msg);
 });

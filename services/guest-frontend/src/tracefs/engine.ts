@@ -117,6 +117,15 @@ export class ProbeEngine {
   }
 
   /**
+   * Takes over a probe that an earlier frontend process loaded (the spool says which):
+   * its instance, kprobes and enabled events must all still be there. On any mismatch
+   * what is left of it is removed and the load counts as gone (the host loads it again).
+   */
+  adopt(spec: ring.ProbeSpec): Promise<{ cpus: number; pageSize: number }> {
+    return this.serial(() => this.doAdopt(spec));
+  }
+
+  /**
    * One page reader per CPU for a loaded probe, in its delivery mode. They end when
    * the probe is unloaded (unload aborts them and closes their fds even if nobody is
    * pulling). Usually one set per load.
@@ -325,6 +334,50 @@ export class ProbeEngine {
         { cause: err, errno, kernelLog },
       );
     }
+  }
+
+  private async doAdopt(input: ring.ProbeSpec): Promise<{ cpus: number; pageSize: number }> {
+    const spec = validateProbeSpec(input);
+    const tf = this.tracefs;
+    const probe = spec.name;
+    if (this.probes.has(probe)) throw new ProbeError(R.RESULT_CODE_ALREADY_LOADED, `probe ${probe} is already loaded`);
+    const dir = tf.instanceDir(probe);
+    const group = tf.kprobeGroup(probe);
+    const missing: string[] = [];
+    if (!(await exists(dir))) missing.push(`instance ${tf.instanceName(probe)}`);
+    const kprobes = spec.kprobes.map((k) => `${group}/${k.name}`);
+    if (missing.length === 0 && kprobes.length > 0) {
+      const have = new Set((await tf.kprobeEvents()).map(parseDynEvent).flatMap((p) => (p === undefined ? [] : [`${p.group}/${p.event}`])));
+      for (const k of kprobes) if (!have.has(k)) missing.push(`kprobe ${k}`);
+    }
+    const enabled: EventRef[] = [
+      ...spec.kprobes.map((k) => ({ system: group, name: k.name, filter: k.filter })),
+      ...spec.tracepoints.map((t) => ({ system: t.system, name: t.event, filter: t.filter })),
+    ];
+    if (missing.length === 0) {
+      for (const ev of enabled) {
+        if ((await readTextOr(path.join(dir, "events", ev.system, ev.name, "enable"), "")).trim() !== "1") missing.push(`enabled ${ev.system}:${ev.name}`);
+      }
+      if ((await readTextOr(path.join(dir, "tracing_on"), "")).trim() !== "1") missing.push("tracing_on");
+    }
+    if (missing.length > 0) {
+      await this.removeByName(probe);
+      throw new ProbeError(R.RESULT_CODE_NOT_LOADED, `cannot adopt probe ${probe}: ${missing.join(", ")} not as left; removed what remained`);
+    }
+    const st: ProbeState = {
+      spec,
+      instance: tf.instanceName(probe),
+      dir,
+      group,
+      kprobes,
+      enabled,
+      cpus: await tf.cpus(dir),
+      pageSize: await tf.pageSize(dir),
+      abort: new AbortController(),
+    };
+    this.probes.set(probe, st);
+    this.log.info({ probe, instance: st.instance }, "adopted a probe an earlier frontend loaded");
+    return { cpus: Math.max(...st.cpus) + 1, pageSize: st.pageSize };
   }
 
   // ---------------------------------------------------------------- unload
