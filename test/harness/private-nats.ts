@@ -55,8 +55,9 @@ export class PrivateNats {
     return `127.0.0.1:${this.port}`;
   }
 
-  async restart(): Promise<void> {
-    await this.stop();
+  /** Stops the server (SIGTERM by default; SIGKILL to crash it) and starts it again on the same port and store. */
+  async restart(stopSignal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    await this.stop(stopSignal);
     const child = spawn(BIN, ["-c", this.configFile, "-a", "127.0.0.1", "-p", String(this.port)], { stdio: ["ignore", "ignore", "pipe"] });
     this.child = child;
     const log = createWriteStream(this.logFile, { flags: "a" });
@@ -77,12 +78,12 @@ export class PrivateNats {
     });
   }
 
-  async stop(): Promise<void> {
+  async stop(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
     const c = this.child;
     this.child = undefined;
     if (c === undefined || c.exitCode !== null || c.signalCode !== null) return;
     const exited = new Promise<void>((r) => c.once("exit", () => r()));
-    c.kill("SIGTERM");
+    c.kill(signal);
     const t = setTimeout(() => c.kill("SIGKILL"), 10_000);
     await exited;
     clearTimeout(t);
