@@ -1,0 +1,112 @@
+/**
+ * Nothing lost when the Communication layer or the guest frontend dies, in a real
+ * QEMU guest over virtio-serial. The guest runs a fixed number of short-lived
+ * children (/bin/true) while the QEMU bridge (its own vesper-host process) is
+ * killed with SIGKILL and started again, and then the guest frontend itself is
+ * killed with SIGKILL inside the guest (its init respawns it; the new one adopts
+ * the probe from its spool). Every child's exit must reach the gRPC watcher
+ * exactly once, except what the guest kernel itself reports lost.
+ */
+import assert from "node:assert/strict";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { VesperApiClient } from "@vesper/cli";
+import type { api } from "@vesper/protocol";
+import { HostProcess } from "../harness/host-process.js";
+import { QemuGuest } from "../harness/qemu-guest.js";
+import { waitFor } from "../harness/wait.js";
+
+const say = (s: string): void => void process.stderr.write(`# ${s}\n`);
+const CHILDREN = 300;
+
+test("a killed QEMU bridge and a killed guest frontend lose no event", { timeout: 600_000 }, async () => {
+  const runDir = mkdtempSync("/tmp/vesper-bridge-restart-");
+  const name = `br${process.pid}`;
+  const probeDir = path.join(runDir, "probes");
+  mkdirSync(probeDir);
+  writeFileSync(
+    path.join(probeDir, "trueexits.json"),
+    JSON.stringify({
+      name: "trueexits",
+      description: "exits of /bin/true",
+      tracepoints: [{ system: "sched", event: "sched_process_exit", filter: 'comm == "true"' }],
+      delivery: "urgent",
+    }),
+  );
+  const common = ["--idle-hold-ms", "1000"];
+  const core = await HostProcess.start({ runDir, probeDir, services: ["loader", "listener", "gateway"], extraArgs: common });
+  let bridge = await HostProcess.start({ runDir, services: ["bridge"], extraArgs: common });
+  const client = new VesperApiClient(core.address!, { timeoutMs: 60_000 });
+  const abort = new AbortController();
+  let guest: QemuGuest | undefined;
+  try {
+    guest = await QemuGuest.start({ name, runDir });
+    await waitFor(`guest ${name} online`, async () => (await client.listGuests()).find((g) => g.id === name && g.state === 1), {
+      timeoutMs: 120_000,
+      intervalMs: 250,
+    });
+    const exits = new Map<number, number>(); // pid -> times seen
+    const losses: api.Loss[] = [];
+    const stream = client.watch({ guest: name, probe: "trueexits" }, { signal: abort.signal });
+    await stream.ready;
+    void (async () => {
+      try {
+        for await (const r of stream) {
+          if (r.kind?.$case === "event" && r.kind.value.comm === "true") exits.set(r.kind.value.pid, (exits.get(r.kind.value.pid) ?? 0) + 1);
+          else if (r.kind?.$case === "loss") losses.push(r.kind.value);
+        }
+      } catch {
+        /* cancelled at the end */
+      }
+    })();
+    await client.insmod({ guest: name, probe: "trueexits", options: {} });
+
+    // The load: CHILDREN runs of /bin/true, about 20 a second, counted in the guest.
+    await guest.exec(
+      `( i=0; while [ $i -lt ${CHILDREN} ]; do /bin/true; i=$((i+1)); echo $i > /run/load.count; usleep 50000; done; echo done > /run/load.done ) </dev/null >/dev/null 2>&1 &`,
+    );
+    const count = async (): Promise<number> => Number((await guest!.exec("cat /run/load.count 2>/dev/null || echo 0")).output.trim()) || 0;
+    await waitFor("the first exits", () => exits.size >= 20, { timeoutMs: 60_000 });
+
+    // The bridge: every frame in flight in its socket or its memory is gone.
+    await bridge.stop("SIGKILL");
+    const atKill = await count();
+    await new Promise((r) => setTimeout(r, 1_500));
+    bridge = await HostProcess.start({ runDir, services: ["bridge"], extraArgs: common });
+    const seenAtRestart = exits.size;
+    await waitFor("exits after the bridge restart", () => exits.size >= seenAtRestart + 20, { timeoutMs: 120_000 });
+    say(`bridge killed after ${atKill} children; ${exits.size} exits seen after its restart`);
+
+    // The frontend inside the guest: pages it had read and not had acknowledged are in its spool.
+    const before = exits.size;
+    const killed = await guest.exec("kill -9 $(cat /run/frontend.pid) && echo killed");
+    assert.match(killed.output, /killed/);
+    await waitFor("exits from the respawned frontend", () => exits.size >= before + 20, { timeoutMs: 120_000 });
+    const log = (await guest.exec("grep -c 'resumed a probe from its spool' /tmp/frontend.log || true")).output.trim();
+    assert.equal(log, "1", "the respawned frontend resumed the probe from its spool");
+
+    await waitFor("the load to finish", async () => (await guest!.exec("cat /run/load.done 2>/dev/null || true")).output.includes("done"), {
+      timeoutMs: 240_000,
+      intervalMs: 1_000,
+    });
+    const kernelLost = (): number => losses.reduce((n, l) => n + Number(l.kernelLost), 0);
+    await waitFor(`all ${CHILDREN} exits`, () => exits.size + kernelLost() >= CHILDREN, { timeoutMs: 60_000 }).catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 1_000));
+    const dups = [...exits].filter(([, n]) => n > 1);
+    const pagesLost = losses.reduce((n, l) => n + Number(l.pagesLost), 0);
+    say(`${CHILDREN} children, ${exits.size} exits seen, ${dups.length} twice, kernel-reported lost ${kernelLost()}, pages lost ${pagesLost}`);
+    assert.deepEqual(dups, [], "no exit arrives twice");
+    assert.equal(pagesLost, 0, "no page went missing between guest and host");
+    assert.equal(exits.size + kernelLost(), CHILDREN, "every exit arrived, or the kernel said it was lost");
+    assert.equal(exits.size, CHILDREN);
+    const info = (await client.listGuests()).find((g) => g.id === name)!;
+    assert.ok(info.loadedProbes.includes("trueexits"), "the probe stayed loaded");
+  } finally {
+    abort.abort();
+    client.close();
+    await guest?.stop();
+    await bridge.stop();
+    await core.stop();
+  }
+});
