@@ -109,6 +109,18 @@ export class VesperApiClient {
     return res.probes;
   }
 
+  async listRules(o?: CallOptions): Promise<api.ListRulesResponse> {
+    return this.#unary<api.ListRulesRequest, api.ListRulesResponse>((r, m, opts, cb) => this.#client.listRules(r, m, opts, cb), {}, o);
+  }
+
+  addRule(req: Partial<api.AddRuleRequest> & Pick<api.AddRuleRequest, "json">, o?: CallOptions): Promise<api.AddRuleResponse> {
+    return this.#unary((r, m, opts, cb) => this.#client.addRule(r, m, opts, cb), api.AddRuleRequest.fromPartial(req), o);
+  }
+
+  removeRule(id: string, o?: CallOptions): Promise<api.RemoveRuleResponse> {
+    return this.#unary<api.RemoveRuleRequest, api.RemoveRuleResponse>((r, m, opts, cb) => this.#client.removeRule(r, m, opts, cb), { id }, o);
+  }
+
   watch(req: Partial<api.WatchEventsRequest>, o: { signal?: AbortSignal } = {}): EventStream {
     const call = this.#client.watchEvents(api.WatchEventsRequest.fromPartial(req), this.#metadata);
     let cancelled = false;

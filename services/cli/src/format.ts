@@ -11,6 +11,10 @@
  *   A field whose name is one of the keys above is written as `field_<name>` (in the
  *   human format too, e.g. sched_process_exit's own `pid` next to the common pid).
  * Loss records: {"loss": {guest, probe, cpu, kernel_lost, pages_lost, seq}}.
+ *
+ * JSON rule objects (`vesper rules --json`, one array): id, guest, service, source ("file" or
+ * "api"), rule (the rule as written), probes [{probe, loaded}], last_fired ({at, reason} or
+ * null), inactive_reason (null when the rule is in effect).
  */
 import { api, ErrorCode, type VesperError } from "@vesper/protocol";
 import { ApiError } from "./client.js";
@@ -231,11 +235,148 @@ export function probeDescriptionToJson(p: api.ProbeInfo): Record<string, Json> {
   };
 }
 
+// ---- watch rules ---------------------------------------------------------------------------------
+
+export function ruleSourceName(s: api.RuleSource): string {
+  switch (s) {
+    case api.RuleSource.RULE_SOURCE_FILE:
+      return "file";
+    case api.RuleSource.RULE_SOURCE_API:
+      return "api";
+    default:
+      return "unknown";
+  }
+}
+
+function isObj(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** A value in a summary: bare unless it would read ambiguously. */
+function summaryValue(v: unknown): string {
+  if (typeof v === "string") return v === "" || /[\s,{}|()"=<>!]/.test(v) ? JSON.stringify(v) : v;
+  if (Array.isArray(v)) return `(${v.map(summaryValue).join("|")})`;
+  return JSON.stringify(v);
+}
+
+const OP_TEXT: Readonly<Record<string, string>> = { eq: "=", ne: "!=", gt: ">", ge: ">=", lt: "<", le: "<=", in: " in ", not_in: " not in " };
+
+/** `{"comm": "httpd", "signal": {"ne": 0}}` -> `{comm=httpd,signal!=0}` ("" when there are none). */
+function fieldsSummary(fields: unknown): string {
+  if (!isObj(fields) || Object.keys(fields).length === 0) return "";
+  const parts: string[] = [];
+  for (const [name, p] of Object.entries(fields)) {
+    if (!isObj(p)) parts.push(`${name}=${summaryValue(p)}`);
+    else for (const [op, v] of Object.entries(p)) parts.push(`${name}${OP_TEXT[op] ?? ` ${op} `}${summaryValue(v)}`);
+  }
+  return `{${parts.join(",")}}`;
+}
+
+/** One condition of a rule's `when`, short: `exit{comm=httpd,signal!=0}`, `vmm:GUEST_PANICKED`, `process/exit{...}`. */
+export function conditionSummary(c: unknown): string {
+  if (!isObj(c) || Object.keys(c).length !== 1) return JSON.stringify(c);
+  const [kind, body] = Object.entries(c)[0]!;
+  switch (kind) {
+    case "exit":
+    case "listen_closed":
+      return `${kind}${fieldsSummary(body)}`;
+    case "vmm":
+      return `vmm:${String(body)}`;
+    case "agent_lost":
+      return "agent_lost";
+    case "event": {
+      if (!isObj(body)) break;
+      const names = body.name === undefined ? "*" : Array.isArray(body.name) ? body.name.join("|") : String(body.name);
+      return `${String(body.probe)}/${names}${fieldsSummary(body.fields)}`;
+    }
+  }
+  return JSON.stringify(c);
+}
+
+/** One action, short: `pacemaker:web@node1`, `webhook:http://...`, `exec:/usr/local/bin/hook`. */
+export function actionSummary(a: unknown): string {
+  if (!isObj(a) || Object.keys(a).length !== 1) return JSON.stringify(a);
+  const [kind, b] = Object.entries(a)[0]!;
+  if (!isObj(b)) return JSON.stringify(a);
+  switch (kind) {
+    case "pacemaker":
+      return `pacemaker:${String(b.resource)}@${String(b.node)}`;
+    case "webhook":
+      return `webhook:${String(b.url)}`;
+    case "exec":
+      return `exec:${Array.isArray(b.argv) ? String(b.argv[0]) : "?"}`;
+  }
+  return JSON.stringify(a);
+}
+
+function ruleObject(r: api.RuleInfo): Record<string, unknown> | undefined {
+  try {
+    const v: unknown = JSON.parse(r.json);
+    return isObj(v) ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The rule's conditions (alternatives) and actions, summarised for the table. */
+export function ruleSummary(r: api.RuleInfo): { when: string; actions: string } {
+  const o = ruleObject(r);
+  if (o === undefined) return { when: "(not valid JSON)", actions: "-" };
+  const when = Array.isArray(o.when) ? o.when.map(conditionSummary).join(" | ") : "-";
+  const actions = Array.isArray(o.actions) && o.actions.length > 0 ? o.actions.map(actionSummary).join(", ") : "-";
+  return { when: when || "-", actions };
+}
+
+export function formatRules(rules: readonly api.RuleInfo[], now = Date.now()): string {
+  if (rules.length === 0) {
+    return "no watch rules: add one with `vesper rules add FILE`, or start vesper-host with --rules FILE";
+  }
+  const table = formatTable(
+    ["ID", "GUEST", "SERVICE", "WHEN", "ACTIONS", "SOURCE", "PROBES", "LAST FIRED"],
+    rules.map((r) => {
+      const { when, actions } = ruleSummary(r);
+      return [
+        r.id,
+        r.guest,
+        r.service,
+        when,
+        actions,
+        ruleSourceName(r.source) + (r.inactiveReason ? " (inactive)" : ""),
+        r.probes.map((p) => (p.loaded ? p.probe : `${p.probe}(not loaded)`)).join(",") || "-",
+        r.lastFired === undefined ? "never" : ago(r.lastFired.firedUnixMs, now),
+      ];
+    }),
+  );
+  const notes = rules.filter((r) => r.inactiveReason).map((r) => `${r.id} (${ruleSourceName(r.source)}) is not in effect: ${r.inactiveReason}`);
+  return notes.length === 0 ? table : [table, "", ...notes].join("\n");
+}
+
+export function ruleToJson(r: api.RuleInfo): Record<string, Json> {
+  const obj = ruleObject(r);
+  return {
+    id: r.id,
+    guest: r.guest,
+    service: r.service,
+    source: ruleSourceName(r.source),
+    rule: obj === undefined ? r.json : (obj as { [k: string]: Json }),
+    probes: r.probes.map((p) => ({ probe: p.probe, loaded: p.loaded })),
+    last_fired:
+      r.lastFired === undefined
+        ? null
+        : { at: new Date(Number(r.lastFired.firedUnixMs)).toISOString(), reason: { ...r.lastFired.reason } },
+    inactive_reason: r.inactiveReason || null,
+  };
+}
+
 /** What the failed command was about, to name it in the error line. */
 export interface ErrorContext {
   addr: string;
   guest?: string;
   probe?: string;
+  /** Rule id (rules add / rm). */
+  rule?: string;
+  /** Which rule of the input `rules add` was sending: "rules.json", "rules.json rules[2]". */
+  ruleInput?: string;
   timeoutMs?: number;
   /** Whether the call carried a bearer token. */
   hasToken?: boolean;
@@ -245,6 +386,7 @@ export interface ErrorContext {
 export function formatError(err: VesperError, ctx: ErrorContext): string {
   const g = ctx.guest ?? "?";
   const p = ctx.probe ?? "?";
+  const r = ctx.rule ?? "?";
   let line: string;
   if (err instanceof ApiError && !err.fromGateway && err.code === ErrorCode.Unavailable) {
     line = `cannot reach the Vesper gateway at ${ctx.addr} (UNAVAILABLE): is vesper-host running? start it with \`make host\` or set --addr`;
@@ -270,6 +412,23 @@ export function formatError(err: VesperError, ctx: ErrorContext): string {
         break;
       case ErrorCode.KernelRefused:
         line = `guest ${g}'s kernel refused probe ${p}: ${err.message}`;
+        break;
+      case ErrorCode.UnknownRule:
+        line = `rule ${r} is not known: see \`vesper rules\``;
+        break;
+      case ErrorCode.RuleAlreadyExists:
+        line = `rule ${r} already exists: replace it with \`vesper rules add --replace FILE\`, or remove it first with \`vesper rules rm ${r}\``;
+        break;
+      case ErrorCode.RuleInFile:
+      case ErrorCode.RuleNotAllowed:
+        line = `${err.message} (${err.code})`;
+        break;
+      case ErrorCode.InvalidArgument:
+      case ErrorCode.TooLarge:
+        line =
+          ctx.ruleInput === undefined
+            ? `${err.message} (${err.code})`
+            : `${ctx.ruleInput} is not a valid rule: ${err.message} (${err.code}); fix it and run the command again (nothing was added)`;
         break;
       case ErrorCode.Unauthenticated:
         line = ctx.hasToken

@@ -14,11 +14,14 @@ import {
   formatGuests,
   formatProbeDescription,
   formatProbes,
+  formatRules,
   probeDescriptionToJson,
   guestToJson,
   probeToJson,
+  ruleToJson,
   type ErrorContext,
 } from "./format.js";
+import { InputError, readRuleInput, ruleItems, type TextSource } from "./rule-input.js";
 
 export interface OutputStream {
   write(chunk: string): boolean;
@@ -29,6 +32,8 @@ export interface CliIo {
   stdout: OutputStream;
   stderr: OutputStream;
   env: Record<string, string | undefined>;
+  /** What `rules add -` reads (default: process.stdin). */
+  stdin?: TextSource;
   /** Aborting ends `watch` cleanly (exit 0) and interrupts other commands (exit 130). */
   signal?: AbortSignal;
 }
@@ -85,6 +90,7 @@ export async function main(argv: readonly string[], ioIn: Partial<CliIo> = {}): 
     stdout: ioIn.stdout ?? process.stdout,
     stderr: ioIn.stderr ?? process.stderr,
     env: ioIn.env ?? process.env,
+    stdin: ioIn.stdin ?? process.stdin,
     ...(ioIn.signal ? { signal: ioIn.signal } : {}),
   };
   const ctx: ErrorContext = { addr: io.env.VESPER_ADDR || DEFAULT_ADDR };
@@ -182,6 +188,57 @@ export async function main(argv: readonly string[], ioIn: Partial<CliIo> = {}): 
       await writeLine(io.stdout, `unloaded probe ${res.probe} from guest ${res.guest}${note}`);
     });
 
+  const rules = program
+    .command("rules")
+    .description("list the watch rules (rules file and API): conditions, actions, source, probes loaded, last fired")
+    .option("--json", "one JSON array")
+    .action(async (opts: { json?: boolean }, cmd: Command) => {
+      const { c } = connect(cmd, QUERY_TIMEOUT_MS);
+      const res = await c.listRules(callOpts);
+      await writeLine(io.stdout, opts.json ? JSON.stringify(res.rules.map(ruleToJson)) : formatRules(res.rules));
+    });
+
+  rules
+    .command("add")
+    .description('add watch rules through the API (the host keeps them across restarts): one rule object, or {"rules": [...]}')
+    .argument("<file>", "JSON file, or - for standard input")
+    .option("--replace", "overwrite rules with the same id that were added through the API")
+    .action(async (file: string, opts: { replace?: boolean }, cmd: Command) => {
+      const items = ruleItems(await readRuleInput(file, io.stdin ?? []), file);
+      const { c } = connect(cmd, QUERY_TIMEOUT_MS);
+      const replace = opts.replace === true;
+      // Every rule is checked before any is added, so a bad rule in a document adds nothing.
+      const ids = new Map<string, string>();
+      for (const item of items) {
+        ctx.ruleInput = item.where;
+        if (item.id !== undefined) ctx.rule = item.id;
+        const checked = await c.addRule({ json: item.json, replace, validateOnly: true }, callOpts);
+        const id = checked.rule?.id ?? item.id ?? "?";
+        const twice = ids.get(id);
+        if (twice !== undefined) throw new InputError(`${twice} and ${item.where} are both rule ${id}: one rule per service and guest`);
+        ids.set(id, item.where);
+      }
+      ctx.ruleInput = undefined;
+      for (const item of items) {
+        if (item.id !== undefined) ctx.rule = item.id;
+        const res = await c.addRule({ json: item.json, replace }, callOpts);
+        const r = res.rule;
+        const probes = r === undefined || r.probes.length === 0 ? "" : ` (needs probe groups ${r.probes.map((p) => p.probe).join(", ")} in guest ${r.guest}; see \`vesper rules\`)`;
+        await writeLine(io.stdout, `${res.replaced ? "replaced" : "added"} rule ${r?.id ?? item.id ?? "?"}${probes}`);
+      }
+    });
+
+  rules
+    .command("rm")
+    .description("remove a watch rule added through the API (rules of the rules file: edit the file)")
+    .argument("<id>", "rule id <service>@<guest> (see `vesper rules`)")
+    .action(async (id: string, _opts: unknown, cmd: Command) => {
+      ctx.rule = id;
+      const { c } = connect(cmd, QUERY_TIMEOUT_MS);
+      const res = await c.removeRule(id, callOpts);
+      await writeLine(io.stdout, `removed rule ${res.id} (probe groups it needed stay loaded: \`vesper rmmod GUEST PROBE\` unloads one)`);
+    });
+
   program
     .command("watch")
     .description("stream decoded events, one line each (Ctrl-C to stop)")
@@ -233,6 +290,10 @@ export async function main(argv: readonly string[], ioIn: Partial<CliIo> = {}): 
     if (err instanceof UsageError) {
       io.stderr.write(`vesper: ${err.message}\n`);
       return 2;
+    }
+    if (err instanceof InputError) {
+      io.stderr.write(`vesper: ${err.message}\n`);
+      return 1;
     }
     if (signal?.aborted) return 130;
     io.stderr.write(formatError(toVesperError(err), ctx) + "\n");

@@ -18,8 +18,10 @@
  * Field predicates: a literal (number, string, boolean) means equality; an object may hold
  * eq, ne, gt, ge, lt, le (numbers) and in, not_in (lists). Names are looked up in the event's
  * fields, then pid, comm, cpu of the event itself.
+ *
+ * Rules added through the API (AddRule) are one rule object each, in the same schema.
  */
-import { api, checkGuestId, checkProbeName, ErrorCode, VesperError } from "@vesper/protocol";
+import { api, checkGuestId, checkProbeName, ErrorCode, ruleId, SERVICE_NAME_RE, VesperError } from "@vesper/protocol";
 
 export type Scalar = number | string | boolean;
 export interface PredicateOps {
@@ -60,9 +62,12 @@ export interface Rule {
   actions: Action[];
   /** After firing, further matches are ignored for this long (unless the state file says "active" again). */
   cooldownMs: number;
+  /** The rule object as written, as JSON (what ListRules shows and the KV store keeps). */
+  json: string;
 }
 
-const SERVICE_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
+/** Longest rule JSON accepted from the API (a rule is a few hundred bytes). */
+export const MAX_RULE_JSON_BYTES = 64 * 1024;
 
 function bad(where: string, msg: string): never {
   throw new VesperError(ErrorCode.InvalidArgument, `${where}: ${msg}`);
@@ -75,6 +80,13 @@ function isObj(v: unknown): v is Record<string, unknown> {
 function str(where: string, v: unknown): string {
   if (typeof v !== "string" || v === "") bad(where, `expected a non-empty string, got ${JSON.stringify(v)}`);
   return v;
+}
+
+/** A value that becomes an argument of a command: it must not read as an option. */
+function arg(where: string, v: unknown): string {
+  const s = str(where, v);
+  if (s.startsWith("-")) bad(where, `must not start with "-", got ${JSON.stringify(s)}`);
+  return s;
 }
 
 function posInt(where: string, v: unknown, dflt: number): number {
@@ -156,8 +168,8 @@ export function parseAction(where: string, a: unknown): Action {
     case "pacemaker":
       return {
         kind,
-        resource: str(`${where}.pacemaker.resource`, b.resource),
-        node: str(`${where}.pacemaker.node`, b.node),
+        resource: arg(`${where}.pacemaker.resource`, b.resource),
+        node: arg(`${where}.pacemaker.node`, b.node),
         prefix: b.prefix === undefined ? [] : parseArgv(`${where}.pacemaker.prefix`, b.prefix),
         crmResource: b.crm_resource === undefined ? "crm_resource" : str(`${where}.pacemaker.crm_resource`, b.crm_resource),
         timeoutMs: posInt(`${where}.pacemaker.timeout_ms`, b.timeout_ms, 15_000),
@@ -182,7 +194,7 @@ export function parseAction(where: string, a: unknown): Action {
 export function parseRule(where: string, r: unknown): Rule {
   if (!isObj(r)) bad(where, "expected an object");
   const service = str(`${where}.service`, r.service);
-  if (!SERVICE_RE.test(service)) bad(`${where}.service`, "use A-Z a-z 0-9 _ - (up to 63)");
+  if (!SERVICE_NAME_RE.test(service)) bad(`${where}.service`, "use A-Z a-z 0-9 _ - (up to 63)");
   const guest = str(`${where}.guest`, r.guest);
   try {
     checkGuestId(guest);
@@ -200,7 +212,25 @@ export function parseRule(where: string, r: unknown): Rule {
     }
   }
   const actions = r.actions === undefined ? [] : Array.isArray(r.actions) ? r.actions.map((a, i) => parseAction(`${where}.actions[${i}]`, a)) : bad(`${where}.actions`, "expected a list");
-  return { id: `${service}@${guest}`, service, guest, when, actions, cooldownMs: posInt(`${where}.cooldown_ms`, r.cooldown_ms, 10_000) };
+  const cooldownMs = posInt(`${where}.cooldown_ms`, r.cooldown_ms, 10_000);
+  return { id: ruleId(service, guest), service, guest, when, actions, cooldownMs, json: JSON.stringify(r) };
+}
+
+/** Parses one rule object given as JSON text (AddRule, the KV store). */
+export function parseRuleText(text: string, where = "rule"): Rule {
+  if (Buffer.byteLength(text) > MAX_RULE_JSON_BYTES) {
+    throw new VesperError(ErrorCode.TooLarge, `${where} is ${Buffer.byteLength(text)} bytes of JSON, more than the ${MAX_RULE_JSON_BYTES} a rule may have`);
+  }
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    throw new VesperError(ErrorCode.InvalidArgument, `${where} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (Array.isArray(doc) || (isObj(doc) && Array.isArray(doc.rules))) {
+    bad(where, 'expected one rule object, not a list or {"rules": [...]}: add the rules one at a time (`vesper rules add` does that)');
+  }
+  return parseRule(where, doc);
 }
 
 /** Parses a rules document (the text of a rules file). */

@@ -17,7 +17,7 @@ export interface CallContext {
 export type AuthorizeFn = (ctx: CallContext) => void | Promise<void>;
 
 export interface GatewayOptions {
-  /** The host bus: requests to probe-loader, events from JetStream. */
+  /** The host bus: requests to probe-loader and the rules service, events from JetStream. */
   nc: NatsConnection;
   /** host:port to listen on (default "127.0.0.1:50051"; port 0 picks a free one). */
   listen?: string;
@@ -28,6 +28,8 @@ export interface GatewayOptions {
   loaderTimeoutMs?: number;
   /** Longest wait for probe-loader on ListGuests/ListProbes (default 5 000 ms). */
   listTimeoutMs?: number;
+  /** Longest wait for the rules service on ListRules/AddRule/RemoveRule (default 10 000 ms). */
+  rulesTimeoutMs?: number;
   /** Events a WatchEvents call may hold between JetStream and the gRPC stream (default 256). */
   watchBufferMessages?: number;
   /** How long close() lets calls finish before cutting them (default 5 000 ms). */
@@ -43,6 +45,7 @@ export interface ResolvedGatewayOptions {
   credentials: ServerCredentials | undefined;
   loaderTimeoutMs: number;
   listTimeoutMs: number;
+  rulesTimeoutMs: number;
   watchBufferMessages: number;
   shutdownGraceMs: number;
   authorize: AuthorizeFn | undefined;
@@ -58,6 +61,7 @@ export function resolveOptions(o: GatewayOptions): ResolvedGatewayOptions {
     credentials: o.credentials,
     loaderTimeoutMs: o.loaderTimeoutMs ?? 30_000,
     listTimeoutMs: o.listTimeoutMs ?? 5_000,
+    rulesTimeoutMs: o.rulesTimeoutMs ?? 10_000,
     watchBufferMessages: Math.max(1, o.watchBufferMessages ?? 256),
     shutdownGraceMs: o.shutdownGraceMs ?? 5_000,
     authorize: o.authorize,

@@ -8,6 +8,7 @@ import { api, ErrorCode, VesperError } from "@vesper/protocol";
 import { shutdownError } from "./call-scope.js";
 import { loaderCalls } from "./loader-calls.js";
 import { resolveOptions, type GatewayOptions } from "./options.js";
+import { rulesCalls } from "./rules-calls.js";
 import { watchEventsHandler } from "./watch-events.js";
 
 export interface Gateway {
@@ -29,15 +30,18 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
 
   const shutdown = new AbortController();
   const server = new Server();
+  const deps = {
+    nc: o.nc,
+    log,
+    loaderTimeoutMs: o.loaderTimeoutMs,
+    listTimeoutMs: o.listTimeoutMs,
+    rulesTimeoutMs: o.rulesTimeoutMs,
+    shutdown: shutdown.signal,
+    authorize: o.authorize,
+  };
   const impl: api.VesperServer = {
-    ...loaderCalls({
-      nc: o.nc,
-      log,
-      loaderTimeoutMs: o.loaderTimeoutMs,
-      listTimeoutMs: o.listTimeoutMs,
-      shutdown: shutdown.signal,
-      authorize: o.authorize,
-    }),
+    ...loaderCalls(deps),
+    ...rulesCalls(deps),
     watchEvents: watchEventsHandler({
       js: jetstream(o.nc),
       jsm,

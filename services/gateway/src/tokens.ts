@@ -9,6 +9,7 @@
  *     "clients": [
  *       { "name": "ops",     "token": "s3cr3t-ops-token-…",  "allow": ["*"] },
  *       { "name": "pacemaker", "token": "…",                  "allow": ["read", "insmod"] },
+ *       { "name": "deploy",  "token": "…",                    "allow": ["read", "rules-add", "rules-rm"] },
  *       { "name": "grafana", "sha256": "<hex of sha256(token)>", "allow": ["read"] }
  *     ]
  *   }
@@ -16,9 +17,11 @@
  * - `name`: shown in the gateway's log for every refused call.
  * - `token` (at least 16 characters) or `sha256` (the token's SHA-256 in hex, so
  *   the file need not hold the secret itself). Tokens must be unique.
- * - `allow`: RPC names (VirtInsmod, VirtRmmod, ListGuests, ListProbes, WatchEvents),
- *   the CLI's words for them (insmod, rmmod, guests, probes, watch), "read"
- *   (guests, probes and watch) or "*" (everything).
+ * - `allow`: RPC names (VirtInsmod, VirtRmmod, ListGuests, ListProbes, WatchEvents,
+ *   ListRules, AddRule, RemoveRule), the CLI's words for them (insmod, rmmod, guests,
+ *   probes, watch, rules, rules-add, rules-rm), "read" (guests, probes, watch and rules:
+ *   nothing that changes anything) or "*" (everything). AddRule and RemoveRule change
+ *   what the host does on a failure (Pacemaker, webhooks), like insmod/rmmod change guests.
  *
  * No token, or an unknown one: UNAUTHENTICATED. A known token calling an RPC it
  * is not allowed: PERMISSION_DENIED.
@@ -28,17 +31,29 @@ import { readFileSync } from "node:fs";
 import { ErrorCode, VesperError } from "@vesper/protocol";
 import type { AuthorizeFn } from "./options.js";
 
-export const RPC_METHODS = ["VirtInsmod", "VirtRmmod", "ListGuests", "ListProbes", "WatchEvents"] as const;
+export const RPC_METHODS = [
+  "VirtInsmod",
+  "VirtRmmod",
+  "ListGuests",
+  "ListProbes",
+  "WatchEvents",
+  "ListRules",
+  "AddRule",
+  "RemoveRule",
+] as const;
 export type RpcMethod = (typeof RPC_METHODS)[number];
 
 const ALIASES: Readonly<Record<string, readonly RpcMethod[]>> = {
   "*": RPC_METHODS,
-  read: ["ListGuests", "ListProbes", "WatchEvents"],
+  read: ["ListGuests", "ListProbes", "WatchEvents", "ListRules"],
   insmod: ["VirtInsmod"],
   rmmod: ["VirtRmmod"],
   guests: ["ListGuests"],
   probes: ["ListProbes"],
   watch: ["WatchEvents"],
+  rules: ["ListRules"],
+  "rules-add": ["AddRule"],
+  "rules-rm": ["RemoveRule"],
   ...Object.fromEntries(RPC_METHODS.map((m) => [m, [m]])),
 };
 

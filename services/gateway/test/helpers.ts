@@ -1,6 +1,6 @@
 /**
  * Test helpers: a real, private nats-server (the fake loader below must not meet a real
- * probe-loader on the machine's shared NATS), a fake probe-loader, event publishing.
+ * probe-loader on the machine's shared NATS), a fake probe-loader and rules service, event publishing.
  */
 import { randomBytes } from "node:crypto";
 import { connect, type NatsConnection, type Subscription } from "@nats-io/transport-node";
@@ -63,6 +63,31 @@ export async function fakeLoader(nc: NatsConnection, h: FakeLoaderHandlers): Pro
     const p = h.probes;
     subs.push(serve(nc, subjects.loaderProbes, api.ListProbesRequest, bus.ProbesReply, reply, () => p(), quietLog));
   }
+  await nc.flush();
+  return {
+    async stop() {
+      for (const s of subs) s.unsubscribe();
+      await nc.flush();
+    },
+  };
+}
+
+export interface FakeRulesHandlers {
+  list?: () => Promise<api.ListRulesResponse>;
+  add?: (req: api.AddRuleRequest) => Promise<api.AddRuleResponse>;
+  remove?: (req: api.RemoveRuleRequest) => Promise<api.RemoveRuleResponse>;
+}
+
+/** A rules-service stand-in answering on vesper.svc.rules.*, built on host-common's `serve`. */
+export async function fakeRules(nc: NatsConnection, h: FakeRulesHandlers): Promise<{ stop(): Promise<void> }> {
+  const subs: Subscription[] = [];
+  const reply = <R>(o: { ok: R } | { error: bus.BusError }) => ("ok" in o ? { response: o.ok } : { error: o.error });
+  if (h.list) {
+    const l = h.list;
+    subs.push(serve(nc, subjects.rulesList, api.ListRulesRequest, bus.RulesReply, reply, () => l(), quietLog));
+  }
+  if (h.add) subs.push(serve(nc, subjects.rulesAdd, api.AddRuleRequest, bus.AddRuleReply, reply, h.add, quietLog));
+  if (h.remove) subs.push(serve(nc, subjects.rulesRemove, api.RemoveRuleRequest, bus.RemoveRuleReply, reply, h.remove, quietLog));
   await nc.flush();
   return {
     async stop() {

@@ -5,28 +5,36 @@ import { credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js"
 import type { NatsConnection } from "@nats-io/transport-node";
 import { api, ErrorCode, VesperError } from "@vesper/protocol";
 import { isLoopbackListen, parseTokens, startGateway, tokenAuthorizer, type Gateway } from "../src/index.js";
-import { connectNats, fakeLoader, quietLog, stopPrivateNats, uniq } from "./helpers.js";
+import { connectNats, fakeLoader, fakeRules, quietLog, stopPrivateNats, uniq } from "./helpers.js";
 
 after(stopPrivateNats);
 
 const OPS = "ops-token-0123456789abcdef";
 const CI = "ci-token-0123456789abcdef";
 const RO = "readonly-token-0123456789";
+const DEPLOY = "deploy-token-0123456789ab";
 const TOKENS = JSON.stringify({
   clients: [
     { name: "ops", token: OPS, allow: ["*"] },
     { name: "ci", token: CI, allow: ["read", "insmod"] },
     { name: "grafana", sha256: createHash("sha256").update(RO).digest("hex"), allow: ["watch", "guests"] },
+    { name: "deploy", token: DEPLOY, allow: ["rules", "rules-add"] },
   ],
 });
 
 describe("tokens file", () => {
   it("parses names, plain and hashed tokens, and permission words", () => {
     const c = parseTokens(TOKENS);
-    assert.deepEqual(c.map((x) => x.name), ["ops", "ci", "grafana"]);
-    assert.deepEqual([...c[1]!.allow].sort(), ["ListGuests", "ListProbes", "VirtInsmod", "WatchEvents"]);
+    assert.deepEqual(c.map((x) => x.name), ["ops", "ci", "grafana", "deploy"]);
+    // "read" covers listing rules, never changing them
+    assert.deepEqual([...c[1]!.allow].sort(), ["ListGuests", "ListProbes", "ListRules", "VirtInsmod", "WatchEvents"]);
     assert.deepEqual([...c[2]!.allow].sort(), ["ListGuests", "WatchEvents"]);
-    assert.equal(c[0]!.allow.size, 5);
+    assert.deepEqual([...c[3]!.allow].sort(), ["AddRule", "ListRules"]);
+    assert.equal(c[0]!.allow.size, 8);
+    assert.deepEqual(
+      [...parseTokens(JSON.stringify({ clients: [{ name: "x", token: OPS, allow: ["AddRule", "RemoveRule", "rules-rm"] }] }))[0]!.allow].sort(),
+      ["AddRule", "RemoveRule"],
+    );
   });
 
   it("refuses bad files with a message that says what is wrong", () => {
@@ -81,6 +89,7 @@ describe("a gateway with bearer tokens", () => {
   let gw: Gateway;
   let client: api.VesperClient;
   let loader: { stop(): Promise<void> };
+  let rules: { stop(): Promise<void> };
   const guest = uniq("auth");
 
   before(async () => {
@@ -92,9 +101,15 @@ describe("a gateway with bearer tokens", () => {
       rmmod: async (r) => ({ guest: r.guest, probe: r.probe, guestClean: true }),
       guests: async () => ({ guests: [] }),
     });
+    rules = await fakeRules(nc, {
+      list: async () => ({ rules: [], rulesFile: "" }),
+      add: async () => ({ rule: api.RuleInfo.fromPartial({ id: "web@web1" }), replaced: false }),
+      remove: async (r) => ({ id: r.id }),
+    });
   });
 
   after(async () => {
+    await rules.stop();
     await loader.stop();
     client.close();
     await gw.close();
@@ -141,5 +156,25 @@ describe("a gateway with bearer tokens", () => {
       call.once("error", reject);
     });
     call.cancel();
+  });
+
+  it("rules: listing is read-only, adding and removing need their own permission", async () => {
+    const json = '{"service":"web","guest":"web1","when":[{"exit":{}}]}';
+    const add = (token: string) => unary(client.addRule.bind(client), { json, replace: false, validateOnly: false }, token);
+    const rm = (token: string) => unary(client.removeRule.bind(client), { id: "web@web1" }, token);
+    // ci has "read" (and insmod): it sees the rules but may not change them
+    assert.deepEqual((await unary(client.listRules.bind(client), {}, CI)).rules, []);
+    for (const [p, method] of [[add(CI), "AddRule"], [rm(CI), "RemoveRule"]] as const) {
+      const e = await code(p);
+      assert.equal(e.code, status.PERMISSION_DENIED);
+      assert.match(e.details, new RegExp(`client ci may not call ${method}`));
+    }
+    // grafana (watch, guests) may not even list them
+    assert.equal((await code(unary(client.listRules.bind(client), {}, RO))).code, status.PERMISSION_DENIED);
+    // deploy: rules and rules-add, not rules-rm
+    assert.equal((await add(DEPLOY)).rule?.id, "web@web1");
+    assert.match((await code(rm(DEPLOY))).details, /client deploy may not call RemoveRule/);
+    assert.equal((await rm(OPS)).id, "web@web1");
+    assert.equal((await code(unary(client.listRules.bind(client), {}))).code, status.UNAUTHENTICATED);
   });
 });

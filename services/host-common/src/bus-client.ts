@@ -23,15 +23,26 @@ export interface BusRequestOptions {
 
 export const DEFAULT_BUS_TIMEOUT_MS = 10_000;
 
-const SERVICE_OF_PREFIX: ReadonlyArray<readonly [string, string]> = [
-  ["vesper.svc.loader.", "probe-loader"],
-  ["vesper.svc.listener.", "probe-listener"],
+const DEFAULT_HINT = "is vesper-host running?";
+
+/** Who answers a subject prefix, and what to do when nobody does. */
+const SERVICE_OF_PREFIX: ReadonlyArray<readonly [prefix: string, name: string, hint: string]> = [
+  ["vesper.svc.loader.", "probe-loader", DEFAULT_HINT],
+  ["vesper.svc.listener.", "probe-listener", DEFAULT_HINT],
+  // The rules service is the one users leave out with --services, so say how to run it.
+  ["vesper.svc.rules.", "the rules service", "start it with vesper-host (it runs by default; with --services, include rules)"],
 ];
 
 /** The service expected to answer on a `vesper.svc.*` subject. */
 export function serviceOfSubject(subject: string): string {
   for (const [prefix, name] of SERVICE_OF_PREFIX) if (subject.startsWith(prefix)) return name;
   return "the service";
+}
+
+/** What to tell a user when nobody answers on `subject`. */
+export function noResponderHint(subject: string): string {
+  for (const [prefix, , hint] of SERVICE_OF_PREFIX) if (subject.startsWith(prefix)) return hint;
+  return DEFAULT_HINT;
 }
 
 /**
@@ -98,7 +109,7 @@ export function natsRequestError(err: unknown, subject: string, service: string,
   if (noResponders) {
     return new VesperError(
       ErrorCode.Unavailable,
-      `${service} is not answering on ${subject}: is vesper-host running?`,
+      `${service} is not answering on ${subject}: ${noResponderHint(subject)}`,
       { cause: err },
     );
   }

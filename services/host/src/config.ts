@@ -27,8 +27,10 @@ export interface HostConfig {
   agentLostMs: number | undefined;
   /** Directories of <guest>.qmp QMP sockets the bridge watches (probe vmm); undefined: <socket dir>/../vmm. */
   qmpDirs: string[] | undefined;
-  /** Watch rules (JSON, see services/failover/src/rules.ts); the `rules` service runs only with one. */
+  /** Watch rules (JSON, see services/failover/src/rules.ts); the `rules` service runs without one too (API rules). */
   rulesFile: string | undefined;
+  /** Let rules added through the API run commands (exec actions); see services/failover/src/rule-policy.ts. */
+  rulesAllowExec: boolean;
   /** State files shared with the OCF agent ocf:vesper:guest-service. */
   stateDir: string | undefined;
   /** Bearer tokens of gRPC clients (see services/gateway/src/tokens.ts); none: loopback only, unauthenticated. */
@@ -43,7 +45,10 @@ export const HOST_USAGE = `usage: vesper-host [options]
   --listen ADDR        gRPC address (env VESPER_LISTEN, default 127.0.0.1:50051); off loopback only with --tokens
   --tokens FILE        gRPC bearer tokens and what each client may call (env VESPER_TOKENS_FILE);
                        without it the API is unauthenticated and listens on loopback only
-  --rules FILE         watch rules + actions, JSON (env VESPER_RULES_FILE); the rules service runs only with it
+  --rules FILE         watch rules + actions, JSON (env VESPER_RULES_FILE); more can be added through the API
+                       (\`vesper rules add\`), kept in the KV bucket vesper_rules
+  --rules-allow-exec   let rules added through the API run commands (exec actions; env VESPER_RULES_ALLOW_EXEC=1):
+                       whoever may call AddRule can then run commands as this process's user
   --state-dir DIR      state files for ocf:vesper:guest-service (env VESPER_STATE_DIR)
   --probe-dir DIR      probe files (env VESPER_PROBE_DIR)
   --socket-dir DIR     guest channel sockets <guest>.sock; repeatable (env VESPER_SOCKET_DIRS, ':'-separated,
@@ -81,6 +86,7 @@ export function loadHostConfig(argv: string[], env: NodeJS.ProcessEnv = process.
       tokens: { type: "string" },
       "probe-dir": { type: "string" },
       rules: { type: "string" },
+      "rules-allow-exec": { type: "boolean" },
       "state-dir": { type: "string" },
       "socket-dir": { type: "string", multiple: true },
       "qmp-dir": { type: "string", multiple: true },
@@ -116,6 +122,7 @@ export function loadHostConfig(argv: string[], env: NodeJS.ProcessEnv = process.
     agentLostMs: values["agent-lost-ms"] === undefined ? undefined : positiveInt("--agent-lost-ms", values["agent-lost-ms"], 1),
     qmpDirs: values["qmp-dir"] ?? (env.VESPER_QMP_DIRS === undefined ? undefined : env.VESPER_QMP_DIRS.split(":").filter(Boolean)),
     rulesFile: values.rules ?? (env.VESPER_RULES_FILE || undefined),
+    rulesAllowExec: values["rules-allow-exec"] === true || env.VESPER_RULES_ALLOW_EXEC === "1",
     stateDir: values["state-dir"] ?? (env.VESPER_STATE_DIR || undefined),
     tokensFile: values.tokens ?? (env.VESPER_TOKENS_FILE || undefined),
     guestMaxBytesPerSec: nonNegativeInt("--guest-max-bytes-per-sec", values["guest-max-bytes-per-sec"] ?? env.VESPER_GUEST_MAX_BPS, 64 * 1024 * 1024),

@@ -86,12 +86,14 @@ export async function startHost(cfg: HostConfig): Promise<RunningHost> {
         await nc.drain();
       });
     }
-    if (has("rules") && cfg.rulesFile !== undefined) {
+    if (has("rules")) {
+      // Also without a rules file: rules added through the API (KV vesper_rules) need it.
       const log = createLogger("rules");
       const nc = await connect("rules");
       // VESPER_RULES_DURABLE: a separate durable consumer, for hosts that share one NATS server (tests).
       const durable = process.env.VESPER_RULES_DURABLE || undefined;
-      const rules = new RulesService({ nc, log, rulesFile: cfg.rulesFile, stateDir: cfg.stateDir, durable });
+      if (cfg.rulesAllowExec) log.warn("--rules-allow-exec: rules added through the API may run commands as this process's user");
+      const rules = new RulesService({ nc, log, rulesFile: cfg.rulesFile, stateDir: cfg.stateDir, durable, allowApiExec: cfg.rulesAllowExec });
       await rules.start();
       stops.push(async () => {
         await rules.stop();

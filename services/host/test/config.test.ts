@@ -11,6 +11,16 @@ describe("host config", () => {
     assert.equal(loadHostConfig(["--tokens", "/a.json"], { VESPER_TOKENS_FILE: "/b.json" }).tokensFile, "/a.json");
   });
 
+  it("runs the rules service by default, with or without a rules file; API rules run commands only when allowed", () => {
+    assert.ok(loadHostConfig([], {}).services.includes("rules"));
+    assert.equal(loadHostConfig([], {}).rulesFile, undefined);
+    assert.equal(loadHostConfig(["--rules", "/r.json"], {}).rulesFile, "/r.json");
+    assert.equal(loadHostConfig([], {}).rulesAllowExec, false);
+    assert.equal(loadHostConfig(["--rules-allow-exec"], {}).rulesAllowExec, true);
+    assert.equal(loadHostConfig([], { VESPER_RULES_ALLOW_EXEC: "1" }).rulesAllowExec, true);
+    assert.equal(loadHostConfig([], { VESPER_RULES_ALLOW_EXEC: "yes" }).rulesAllowExec, false);
+  });
+
   it("refuses an unauthenticated gateway off loopback", async () => {
     const cfg = loadHostConfig(["--services", "gateway", "--listen", "0.0.0.0:0"], { VESPER_NATS_URL: process.env.VESPER_NATS_URL ?? "127.0.0.1:4222" });
     await assert.rejects(startHost(cfg), (e: unknown) => {

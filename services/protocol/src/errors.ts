@@ -8,6 +8,12 @@ export const ErrorCode = {
   UnknownProbe: "UNKNOWN_PROBE",
   ProbeAlreadyLoaded: "PROBE_ALREADY_LOADED",
   ProbeNotLoaded: "PROBE_NOT_LOADED",
+  UnknownRule: "UNKNOWN_RULE",
+  RuleAlreadyExists: "RULE_ALREADY_EXISTS",
+  /** The rule comes from the rules file: only editing the file changes it. */
+  RuleInFile: "RULE_IN_FILE",
+  /** The rule needs what this host does not allow rules added through the API (e.g. exec actions). */
+  RuleNotAllowed: "RULE_NOT_ALLOWED",
   InvalidSpec: "INVALID_SPEC",
   InvalidArgument: "INVALID_ARGUMENT",
   KernelRefused: "KERNEL_REFUSED",

@@ -25,3 +25,22 @@ export function checkProbeName(name: string): string {
   }
   return name;
 }
+
+/** A watch rule's service name: also a state file name part and a KV key token. */
+export const SERVICE_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
+
+/** A watch rule's id: one rule per service and guest. */
+export function ruleId(service: string, guest: string): string {
+  return `${service}@${guest}`;
+}
+
+/** Splits and checks a rule id "<service>@<guest>". */
+export function checkRuleId(id: string): { service: string; guest: string } {
+  const at = id.indexOf("@");
+  const service = id.slice(0, at);
+  const guest = id.slice(at + 1);
+  if (at < 0 || !SERVICE_NAME_RE.test(service) || !GUEST_ID_RE.test(guest)) {
+    throw new VesperError(ErrorCode.InvalidArgument, `invalid rule id ${JSON.stringify(id)}: use <service>@<guest>, e.g. web@web1`);
+  }
+  return { service, guest };
+}

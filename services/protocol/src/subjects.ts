@@ -24,6 +24,12 @@ export const subjects = {
   listenerDetach: "vesper.svc.listener.detach",
   /** Per-guest drop counters of the data path (bus.ListenerStatsRequest). */
   listenerStats: "vesper.svc.listener.stats",
+  /** The rules service (services/failover): api.ListRulesRequest -> bus.RulesReply. */
+  rulesList: "vesper.svc.rules.list",
+  /** api.AddRuleRequest -> bus.AddRuleReply. */
+  rulesAdd: "vesper.svc.rules.add",
+  /** api.RemoveRuleRequest -> bus.RemoveRuleReply. */
+  rulesRemove: "vesper.svc.rules.remove",
 
   /** Channel up/down notices from the QEMU bridge. */
   channel: (guest: string) => `vesper.channel.${guest}`,
