@@ -28,7 +28,7 @@ async function main(): Promise<void> {
   let frames = 0;
   let eventsOut = 0;
   nc.subscribe(`vesper.ring.${GUEST}.up.data`, { callback: () => void frames++ });
-  nc.subscribe(`vesper.events.${GUEST}.process`, { callback: (_e, m) => void (eventsOut += Number(m.headers?.get("Vesper-Batch") || "1")) });
+  nc.subscribe(`vesper.events.${GUEST}.process`, { callback: (_e, m) => void (eventsOut += Number(m.headers?.get("Vesper-Pages") || "1")) });
   try {
     await pushFile(guest, buildLoad(stack.runDir), "/tmp/vload");
     await client.rmmod({ guest: GUEST, probe: "process", flags: 1 }).catch(() => undefined);

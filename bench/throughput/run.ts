@@ -23,6 +23,8 @@ import { argOf, barChart, fmt, machineLine, table, writeResult } from "../lib/re
 const CALLS = Number(argOf("--calls", "1000000"));
 const BUFFER_KB = Number(argOf("--buffer-kb", "8192"));
 const FLUSH_MS = Number(argOf("--flush-ms", "10"));
+/** vesper.node_flags for the guest frontend (the image's default is --jitless; "none" for V8's JIT). */
+const NODE_FLAGS = argOf("--node-flags", "");
 const GUEST = "bthr1";
 const PROBE = "syscalls";
 
@@ -43,7 +45,7 @@ async function main(): Promise<void> {
     },
   });
   const { client } = stack;
-  const guest = await bootGuest(stack, GUEST);
+  const guest = await bootGuest(stack, GUEST, NODE_FLAGS === "" ? {} : { appendExtra: [`vesper.node_flags=${NODE_FLAGS}`] });
   try {
     await pushFile(guest, buildLoad(stack.runDir), "/tmp/vload");
     await runLoad(guest, "syscall", 100_000); // warm-up
@@ -83,7 +85,7 @@ async function main(): Promise<void> {
     let inWindow = 0;
     const esub = nc.subscribe(`vesper.events.${GUEST}.${PROBE}`, {
       callback: (_e, m) => {
-        const n = Number(m.headers?.get("Vesper-Batch") || "1");
+        const n = Number(m.headers?.get("Vesper-Pages") || "1"); // stored pages: their events; else one record
         events += n;
         inWindow += n;
         lastEventAt = process.hrtime.bigint();
@@ -96,7 +98,21 @@ async function main(): Promise<void> {
     }, 500);
     const frames0 = frames;
     const bytes0 = bytes;
+    // The frontend's own CPU time in the guest (it shares the one vCPU with the load).
+    const frontendTicks = async (): Promise<{ user: number; sys: number }> => {
+      const st = (await guest.exec("cat /proc/$(cat /run/frontend.pid)/stat")).output.trim();
+      const f = st.slice(st.lastIndexOf(")") + 2).split(" ");
+      return { user: Number(f[11]), sys: Number(f[12]) }; // utime, stime in USER_HZ (100) ticks
+    };
+    const ticks0 = await frontendTicks();
+    const loadStart = Date.now();
     const vesper = (await runLoad(guest, "syscall", CALLS)) / 1000;
+    const loadMs = Date.now() - loadStart;
+    const ticks1 = await frontendTicks();
+    const frontendUserS = (ticks1.user - ticks0.user) / 100;
+    const frontendSysS = (ticks1.sys - ticks0.sys) / 100;
+    const frontendCpuS = frontendUserS + frontendSysS;
+    console.log(`guest frontend CPU during the load: ${frontendCpuS.toFixed(2)} s (user ${frontendUserS.toFixed(2)}, kernel ${frontendSysS.toFixed(2)}) of ${(loadMs / 1000).toFixed(2)} s`);
     console.log(`with Vesper bulk probe: ${vesper.toFixed(3)} µs/call; waiting for the pipeline to drain`);
     // Drained: two half-second windows in a row at the idle level (the frontend's own syscalls
     // keep producing a trickle of events: raw_syscalls is not filtered, as with the peers).
@@ -138,6 +154,7 @@ async function main(): Promise<void> {
       `- ${events} events decoded and stored in JetStream in ${windowS.toFixed(2)} s (first data frame → last event stored); ` +
         `${frames - frames0} data frames, ${((bytes - bytes0) / 1e6).toFixed(1)} MB on the wire in ${wireS.toFixed(2)} s ` +
         `(${((mbPerS / 336) * 100).toFixed(1)} % of the raw channel's 336 MB/s anchor).`,
+      `- guest frontend CPU time during the load: ${frontendCpuS.toFixed(2)} s (user ${frontendUserS.toFixed(2)} s, kernel ${frontendSysS.toFixed(2)} s) of the ${(loadMs / 1000).toFixed(2)} s it ran (one vCPU shared with the load).`,
       `- goal: ≥ 1 M events/s with 0 lost → ${(evPerS / 1e6).toFixed(2)}× of the rate, ${Math.max(overrun + dropped, listenerLost)} lost (${((Math.max(overrun + dropped, listenerLost) / (events + Math.max(overrun + dropped, listenerLost))) * 100).toFixed(1)} %); ` +
         `load ${vesper.toFixed(2)} µs/call vs trace-cmd's 2.47 (anchor; this run's kernel-only cost is ${kernelOnly.toFixed(2)}).`,
     ];

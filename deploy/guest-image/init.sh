@@ -6,6 +6,9 @@
 #   vesper.services=a,b      services to start; known: httpd (busybox httpd on :80 serving /www)
 #   vesper.debug=1           frontend stdout/stderr to /dev/ttyS0 instead of /tmp/frontend.log
 #   vesper.frontend=0        do not start the guest frontend (fixture capture, debugging)
+#   vesper.node_flags=F,G    flags for the frontend's node (default --jitless; "none" for none).
+#                            Under TCG emulation V8's JIT costs far more guest CPU than it saves
+#                            for an agent that mostly moves pages; on KVM, JIT is fine.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 export HOME=/root
 umask 022
@@ -28,12 +31,14 @@ GUEST=vesper-guest
 SERVICES=
 DEBUG=0
 FRONTEND=1
+NODE_FLAGS=--jitless
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     vesper.guest=*) GUEST="${arg#vesper.guest=}" ;;
     vesper.services=*) SERVICES="${arg#vesper.services=}" ;;
     vesper.debug=*) DEBUG="${arg#vesper.debug=}" ;;
     vesper.frontend=*) FRONTEND="${arg#vesper.frontend=}" ;;
+    vesper.node_flags=*) NODE_FLAGS=$(echo "${arg#vesper.node_flags=}" | tr , ' ') ;;
   esac
 done
 echo "$GUEST" >/run/vesper-guest
@@ -97,7 +102,9 @@ if [ "$FRONTEND" != 0 ] && [ -f /vesper/guest-frontend.mjs ]; then
   (
     echo -1000 >/proc/self/oom_score_adj
     while :; do
-      UV_THREADPOOL_SIZE=64 node /vesper/guest-frontend.mjs --guest-id "$GUEST" --transport virtio-serial \
+      [ "$NODE_FLAGS" = none ] && NODE_FLAGS=
+      # shellcheck disable=SC2086 # NODE_FLAGS is a list of words
+      UV_THREADPOOL_SIZE=64 node $NODE_FLAGS /vesper/guest-frontend.mjs --guest-id "$GUEST" --transport virtio-serial \
         </dev/null >>"$FLOG" 2>&1 &
       pid=$!
       echo -1000 >/proc/$pid/oom_score_adj 2>/dev/null

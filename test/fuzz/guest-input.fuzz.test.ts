@@ -22,7 +22,7 @@ import path from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import fc from "fast-check";
-import { buildDecoder } from "@vesper/probe-listener";
+import { buildDecoder, pagesOf, type GuestCounters } from "@vesper/probe-listener";
 import {
   decodeGuestMessage,
   DEFAULT_MAX_FRAME_BYTES,
@@ -140,7 +140,7 @@ describe("fuzz: guest input, time-bounded", () => {
     const page = fc.record({ cpu: fc.nat({ max: 4096 }), seq: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), page: fc.uint8Array({ maxLength: 256 }).map((b) => Buffer.from(b)) });
     const body: fc.Arbitrary<ring.GuestMessage["body"]> = fc.oneof(
       fc.record({ $case: fc.constant("idle" as const), value: fc.constant({}) }),
-      fc.record({ $case: fc.constant("data" as const), value: fc.record({ probe: fc.string({ maxLength: 40 }), pages: fc.array(page, { maxLength: 4 }), loadId: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), acked: fc.array(fc.record({ cpu: fc.nat({ max: 4096 }), seq: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }) }), { maxLength: 3 }) }) }),
+      fc.record({ $case: fc.constant("data" as const), value: fc.record({ probe: fc.string({ maxLength: 40 }), pages: fc.array(page, { maxLength: 4 }), loadId: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), acked: fc.array(fc.record({ cpu: fc.nat({ max: 4096 }), seq: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }) }), { maxLength: 3 }), runs: fc.array(fc.record({ cpu: fc.nat({ max: 4096 }), firstSeq: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), count: fc.nat(), pageSize: fc.nat(), lastLength: fc.nat(), data: fc.uint8Array({ maxLength: 512 }).map((b) => Buffer.from(b)) }), { maxLength: 2 }) }) }),
       fc.record({
         $case: fc.constant("hello" as const),
         value: fc.record({ kernelRelease: fc.string(), bootId: fc.string(), loadedProbes: fc.array(fc.string(), { maxLength: 4 }) }).map((h) => ring.Hello.fromPartial(h)),
@@ -208,6 +208,41 @@ describe("fuzz: guest input, time-bounded", () => {
             } catch (err) {
               assert.ok(err instanceof FrameError, `not a FrameError: ${String(err)}`);
             }
+          }
+        });
+      }),
+      params,
+    );
+  });
+
+  it("page runs: cut into pages inside their bytes, or refused whole and counted", () => {
+    const run = fc.record({
+      cpu: fc.nat({ max: 8 }),
+      firstSeq: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }),
+      count: fc.oneof(fc.nat({ max: 40 }), fc.nat()),
+      pageSize: fc.oneof(fc.constant(4096), fc.constant(64), fc.nat({ max: 1 << 20 })),
+      lastLength: fc.oneof(fc.nat({ max: 4096 }), fc.nat()),
+      data: fc.uint8Array({ maxLength: 3 * 4096 }).map((b) => Buffer.from(b)),
+    });
+    fc.assert(
+      fc.property(fc.array(run, { maxLength: 3 }), (runs) => {
+        timed(() => {
+          const c = { badPages: 0 } as GuestCounters;
+          let bad = 0;
+          const pages = pagesOf(ring.ProbeData.fromPartial({ probe: "p", runs }), c, () => bad++);
+          let bytes = 0;
+          for (const p of pages) {
+            const owner = runs.find((r) => r.data.buffer === p.page.buffer && p.page.byteOffset >= r.data.byteOffset && p.page.byteOffset + p.page.length <= r.data.byteOffset + r.data.length);
+            assert.ok(owner !== undefined, "every page lies inside its run's bytes");
+            assert.ok(p.page.length <= owner.pageSize);
+            bytes += p.page.length;
+          }
+          assert.ok(bytes <= runs.reduce((n, r) => n + r.data.length, 0));
+          void bad;
+          for (const r of runs) {
+            let refused = 0;
+            const one = pagesOf(ring.ProbeData.fromPartial({ probe: "p", runs: [r] }), { badPages: 0 } as GuestCounters, () => refused++);
+            assert.ok((refused === 0 && one.length === r.count) || (refused === 1 && one.length === 0), "a run is taken whole or refused once");
           }
         });
       }),

@@ -10,8 +10,10 @@ import { existsSync, mkdtempSync, readdirSync, writeFileSync, mkdirSync } from "
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { connect } from "@nats-io/transport-node";
 import { VesperApiClient, ApiError } from "@vesper/cli";
-import { ErrorCode } from "@vesper/protocol";
+import { PAGES_HEADER } from "@vesper/probe-listener";
+import { ErrorCode, subjects, type api } from "@vesper/protocol";
 import { HostProcess } from "../harness/host-process.js";
 import { waitFor } from "../harness/wait.js";
 
@@ -40,6 +42,16 @@ before(async () => {
         { system: "signal", event: "signal_deliver" },
       ],
       delivery: "urgent",
+    }),
+  );
+  // The same events in bulk mode: the stream stores their pages, the watcher gets them decoded.
+  writeFileSync(
+    path.join(probeDir, "bulkexits.json"),
+    JSON.stringify({
+      name: "bulkexits",
+      tracepoints: [{ system: "sched", event: "sched_process_exit", filter: 'comm == "sleep"' }],
+      delivery: "bulk",
+      flushIntervalMs: 50,
     }),
   );
   host = await HostProcess.start({ runDir, probeDir, services: ["loader", "listener", "gateway"] });
@@ -110,6 +122,46 @@ test("a tracepoint probe sees a killed child's exit, decoded, at a gRPC watcher"
   const r = await client.rmmod({ guest, probe: "exits", flags: 0 });
   assert.equal(r.guestClean, true);
   assert.deepEqual(ours(), [], "rmmod removed the instance");
+});
+
+test("a bulk probe's pages are stored as pages and reach the watcher decoded", { timeout: 120_000 }, async () => {
+  const nc = await connect({ servers: "127.0.0.1:4222", name: "it-bulk" });
+  const stored: number[] = [];
+  const sub = nc.subscribe(subjects.events(guest, "bulkexits"), { callback: (_e, m) => void stored.push(Number(m.headers?.get(PAGES_HEADER) ?? -1)) });
+  await nc.flush();
+  await client.insmod({ guest, probe: "bulkexits", options: {} });
+  const abort = new AbortController();
+  const stream = client.watch({ guest, probe: "bulkexits" }, { signal: abort.signal });
+  await stream.ready;
+  const children = [0, 1, 2].map(() => spawn("sleep", ["300"], { stdio: "ignore" }));
+  await Promise.all(children.map((c) => new Promise((r) => c.once("spawn", r))));
+  const pids = new Set(children.map((c) => c.pid!));
+  // sleep is exec'd by spawn itself: its comm is right by the time it runs.
+  for (const c of children) c.kill("SIGKILL");
+  const exits = new Map<number, api.Event>();
+  const timer = setTimeout(() => abort.abort(), 60_000);
+  try {
+    for await (const res of stream) {
+      if (res.kind?.$case === "event" && pids.has(res.kind.value.pid)) exits.set(res.kind.value.pid, res.kind.value);
+      if (exits.size === pids.size) break;
+    }
+  } finally {
+    clearTimeout(timer);
+    stream.cancel();
+    sub.unsubscribe();
+    await nc.close();
+  }
+  assert.equal(exits.size, 3, "every child's exit arrived");
+  for (const ev of exits.values()) {
+    assert.equal(ev.event, "sched/sched_process_exit");
+    assert.equal(ev.comm, "sleep");
+    assert.equal(ev.fields.comm?.kind?.$case === "str" && ev.fields.comm.kind.value, "sleep", "its own fields, decoded");
+    assert.ok(ev.pageSeq >= 1n);
+  }
+  assert.ok(stored.length > 0 && stored.every((n) => n >= 1), `the stream holds stored pages with their event counts (${stored.join(",")})`);
+  assert.ok(stored.reduce((a, b) => a + b, 0) >= 3);
+  const r = await client.rmmod({ guest, probe: "bulkexits", flags: 0 });
+  assert.equal(r.guestClean, true);
 });
 
 test("a kprobe probe on a kernel without kprobes fails with a clear error and leaves nothing", async () => {

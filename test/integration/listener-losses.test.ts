@@ -57,7 +57,7 @@ const GAP_TIMEOUT_MS = 300;
 const acks: ring.DataAck[] = [];
 function send(probe: string, cpu: number, pageSeq: bigint, page: Buffer, guestId = guest): void {
   seq++;
-  const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId, seq, body: { $case: "data", value: { probe, pages: [{ cpu, seq: pageSeq, page }], loadId, acked: [] } } };
+  const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId, seq, body: { $case: "data", value: { probe, pages: [{ cpu, seq: pageSeq, page }], loadId, acked: [], runs: [] } } };
   nc.publish(subjects.ringUpData(guest), encodeGuestMessage(msg));
 }
 

@@ -28,7 +28,8 @@ import {
   type JetStreamManager,
 } from "@nats-io/jetstream";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
-import { call, ensureEventsStream, ProbeStore, recordsOf, serve } from "@vesper/host-common";
+import { call, ensureEventsStream, ProbeStore, serve } from "@vesper/host-common";
+import { EventRecordReader } from "@vesper/probe-listener";
 import { api, bus, checkRuleId, ErrorCode, EVENTS_STREAM, isVesperError, subjects, VesperError, type Logger } from "@vesper/protocol";
 import { runAction, type ActionOutcome, type FailureNotice } from "./actions.js";
 import { checkApiRule } from "./rule-policy.js";
@@ -243,12 +244,13 @@ export class RulesService {
   }
 
   private async consumeLoop(messages: ConsumerMessages): Promise<void> {
+    const reader = new EventRecordReader();
     for await (const m of messages) {
       if (this.stopped) break;
       let records: api.WatchEventsResponse[];
       try {
-        // One record, or a batch of them (bulk probes).
-        records = recordsOf(m.data, m.headers);
+        // One record, or the events of stored pages (bulk probes).
+        records = reader.records(m.data, m.headers);
       } catch {
         records = [];
       }

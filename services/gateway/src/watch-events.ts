@@ -10,7 +10,8 @@
  */
 import { Metadata, type ServerWritableStream } from "@grpc/grpc-js";
 import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
-import { ensureEventsStream, isStreamNotFound, recordsOf } from "@vesper/host-common";
+import { ensureEventsStream, isStreamNotFound } from "@vesper/host-common";
+import { EventRecordReader } from "@vesper/probe-listener";
 import {
   api,
   checkGuestId,
@@ -96,12 +97,14 @@ async function watchEvents(call: WatchCall, deps: WatchDeps): Promise<void> {
     call.sendMetadata(new Metadata());
     log.debug({ from: req.fromStreamSeq }, "watching");
 
+    // Bulk probes' stored pages are decoded here, for this watcher only.
+    const reader = new EventRecordReader();
     for await (const m of messages) {
       if (scope.signal.aborted) break;
       let records: api.WatchEventsResponse[];
       try {
-        // One record, or a batch of them (bulk probes); the records of a batch share its stream seq.
-        records = recordsOf(m.data, m.headers);
+        // One record, or the events of stored pages (bulk probes), which share its stream seq.
+        records = reader.records(m.data, m.headers);
       } catch (err) {
         log.warn({ err, subject: m.subject, seq: m.seq }, "skipping an undecodable message");
         skipped++;

@@ -104,7 +104,7 @@ export function loadFrontendConfig(argv: string[], env: NodeJS.ProcessEnv = proc
     instancePrefix: prefix,
     tracefsRoot: values.tracefs ?? env.VESPER_TRACEFS,
     maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
-    statsIntervalMs: 1_000,
+    statsIntervalMs: 5_000,
     oomProtect: values["no-oom-protect"] !== true && env.VESPER_NO_OOM_PROTECT !== "1",
     spoolDir: spoolDirOf(values["spool-dir"] ?? env.VESPER_SPOOL_DIR ?? "/run/vesper/spool", prefix),
     windowPages: intIn("--window-pages", values["window-pages"] ?? env.VESPER_WINDOW_PAGES, 256, 1, 65_536),

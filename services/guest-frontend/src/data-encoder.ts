@@ -1,18 +1,27 @@
 /**
  * Hand-rolled encoder for the one hot message: GuestMessage{version, guest_id, seq,
- * data: ProbeData{probe, pages: RawPage{cpu, seq, page}, load_id, acked: CpuSeq{cpu, seq}}}. Produces exactly the bytes
- * the generated encoder does (proto3: default values omitted, fields in number
- * order; checked by test/data-encoder.test.ts) with one allocation and one copy per
- * page, optionally leaving room for the 8-byte frame header in front so a
- * byte-stream transport sends it without another copy. Under TCG the generated
- * encoder (BigInt -> string -> varint, growing chunk lists) cost milliseconds per page.
+ * data: ProbeData{probe, load_id, acked: CpuSeq{cpu, seq}, runs: PageRun{cpu,
+ * first_seq, count, page_size, last_length, data}}}. It produces exactly the bytes
+ * the generated encoder does (proto3: default values omitted, fields in number order;
+ * checked by test/data-encoder.test.ts), but as parts: small header buffers with
+ * each run's page bytes in between, untouched, so a byte-stream transport writes the
+ * lot with one writev(2) and no copy. Under TCG, the generated encoder (BigInt ->
+ * string -> varint, growing chunk lists, a copy of every page) cost milliseconds per page.
  */
 import { FRAME_HEADER_BYTES, FRAME_MAGIC_0, FRAME_MAGIC_1, FRAME_VERSION, FrameKind } from "@vesper/protocol";
 
-export interface DataPage {
+export interface CpuSeq {
   cpu: number;
-  seq: bigint;
-  page: Uint8Array;
+  seq: number | bigint;
+}
+
+export interface DataRun {
+  cpu: number;
+  firstSeq: number;
+  count: number;
+  pageSize: number;
+  lastLength: number;
+  data: Uint8Array;
 }
 
 function varintLen(v: number): number {
@@ -34,136 +43,129 @@ function bigVarintLen(v: bigint): number {
   return n;
 }
 
-function putVarint(buf: Buffer, off: number, v: number): number {
-  while (v >= 0x80) {
-    buf[off++] = (v % 128) | 0x80;
-    v = Math.floor(v / 128);
-  }
-  buf[off++] = v;
-  return off;
+function anyVarintLen(v: number | bigint): number {
+  return typeof v === "number" ? varintLen(v) : bigVarintLen(v);
 }
 
-function putBigVarint(buf: Buffer, off: number, v: bigint): number {
-  if (v <= 0xffffffffn) return putVarint(buf, off, Number(v));
-  while (v >= 0x80n) {
-    buf[off++] = Number(v & 0x7fn) | 0x80;
-    v >>= 7n;
-  }
-  buf[off++] = Number(v);
-  return off;
+/** Bytes of a varint field with its 1-byte tag, or 0 for a default (zero) value. */
+function field(v: number | bigint): number {
+  return v === 0 || v === 0n ? 0 : 1 + anyVarintLen(v);
 }
 
-export interface CpuSeq {
-  cpu: number;
-  seq: bigint;
+class Writer {
+  o = 0;
+  constructor(readonly buf: Buffer) {}
+  varint(v: number): void {
+    const b = this.buf;
+    while (v >= 0x80) {
+      b[this.o++] = (v % 128) | 0x80;
+      v = Math.floor(v / 128);
+    }
+    b[this.o++] = v;
+  }
+  bigVarint(v: bigint): void {
+    if (v <= 0xffffffffn) return this.varint(Number(v));
+    const b = this.buf;
+    while (v >= 0x80n) {
+      b[this.o++] = Number(v & 0x7fn) | 0x80;
+      v >>= 7n;
+    }
+    b[this.o++] = Number(v);
+  }
+  /** A varint field (tag byte + value), skipped when zero. */
+  field(tag: number, v: number | bigint): void {
+    if (v === 0 || v === 0n) return;
+    this.buf[this.o++] = tag;
+    if (typeof v === "number") this.varint(v);
+    else this.bigVarint(v);
+  }
+  /** A length-delimited field's tag and length; the content follows. */
+  len(tag: number, n: number): void {
+    this.buf[this.o++] = tag;
+    this.varint(n);
+  }
+  str(tag: number, s: string): void {
+    const n = Buffer.byteLength(s);
+    if (n === 0) return;
+    this.len(tag, n);
+    this.o += this.buf.write(s, this.o, "utf8");
+  }
+}
+
+function runHeadLen(r: DataRun): number {
+  return field(r.cpu) + field(r.firstSeq) + field(r.count) + field(r.pageSize) + field(r.lastLength);
+}
+
+function runLen(r: DataRun): number {
+  return runHeadLen(r) + (r.data.length > 0 ? 1 + varintLen(r.data.length) + r.data.length : 0);
 }
 
 function cpuSeqLen(c: CpuSeq): number {
-  let n = 0;
-  if (c.cpu !== 0) n += 1 + varintLen(c.cpu);
-  if (c.seq !== 0n) n += 1 + bigVarintLen(c.seq);
-  return n;
-}
-
-function pageLen(p: DataPage): number {
-  let n = 0;
-  if (p.cpu !== 0) n += 1 + varintLen(p.cpu);
-  if (p.seq !== 0n) n += 1 + bigVarintLen(p.seq);
-  if (p.page.length !== 0) n += 1 + varintLen(p.page.length) + p.page.length;
-  return n;
+  return field(c.cpu) + field(c.seq);
 }
 
 /**
- * Encodes the data message. With `framed`, the result starts with a complete frame
- * header of kind Data (the caller checks the size limit).
+ * Encodes the data message as parts whose concatenation is the message (with
+ * `framed`, preceded by its frame header of kind Data; the caller checks the size limit).
  */
 export function encodeDataMessage(
   version: number,
   guestId: string,
   seq: bigint,
   probe: string,
-  pages: readonly DataPage[],
+  loadId: bigint,
+  acked: readonly CpuSeq[],
+  runs: readonly DataRun[],
   framed = false,
-  loadId = 0n,
-  acked: readonly CpuSeq[] = [],
-): Buffer {
+): Buffer[] {
   const probeBytes = Buffer.byteLength(probe);
   const guestBytes = Buffer.byteLength(guestId);
-  let dataLen = probeBytes !== 0 ? 1 + varintLen(probeBytes) + probeBytes : 0;
-  const pageLens = pages.map(pageLen);
-  for (const l of pageLens) dataLen += 1 + varintLen(l) + l;
-  if (loadId !== 0n) dataLen += 1 + bigVarintLen(loadId);
   const ackLens = acked.map(cpuSeqLen);
+  const runLens = runs.map(runLen);
+  let dataLen = (probeBytes !== 0 ? 1 + varintLen(probeBytes) + probeBytes : 0) + field(loadId);
   for (const l of ackLens) dataLen += 1 + varintLen(l) + l;
-  let total = 0;
-  if (version !== 0) total += 1 + varintLen(version);
-  if (guestBytes !== 0) total += 1 + varintLen(guestBytes) + guestBytes;
-  if (seq !== 0n) total += 1 + bigVarintLen(seq);
-  total += 1 + varintLen(dataLen) + dataLen; // field 13, wire type 2: tag 0x6a
-  const head = framed ? FRAME_HEADER_BYTES : 0;
-  const out = Buffer.allocUnsafe(head + total);
-  let o = head;
+  for (const l of runLens) dataLen += 1 + varintLen(l) + l;
+  const total = field(version) + (guestBytes !== 0 ? 1 + varintLen(guestBytes) + guestBytes : 0) + field(seq) + 1 + varintLen(dataLen) + dataLen;
+
+  // Everything but the run data goes into one buffer, cut into the parts between the runs.
+  let headBytes = (framed ? FRAME_HEADER_BYTES : 0) + total;
+  for (const r of runs) headBytes -= r.data.length;
+  const w = new Writer(Buffer.allocUnsafe(headBytes));
   if (framed) {
-    out[0] = FRAME_MAGIC_0;
-    out[1] = FRAME_MAGIC_1;
-    out[2] = FRAME_VERSION;
-    out[3] = FrameKind.Data;
-    out.writeUInt32BE(total, 4);
+    w.buf[0] = FRAME_MAGIC_0;
+    w.buf[1] = FRAME_MAGIC_1;
+    w.buf[2] = FRAME_VERSION;
+    w.buf[3] = FrameKind.Data;
+    w.buf.writeUInt32BE(total, 4);
+    w.o = FRAME_HEADER_BYTES;
   }
-  if (version !== 0) {
-    out[o++] = 0x08;
-    o = putVarint(out, o, version);
-  }
-  if (guestBytes !== 0) {
-    out[o++] = 0x12;
-    o = putVarint(out, o, guestBytes);
-    o += out.write(guestId, o, "utf8");
-  }
-  if (seq !== 0n) {
-    out[o++] = 0x18;
-    o = putBigVarint(out, o, seq);
-  }
-  out[o++] = 0x6a;
-  o = putVarint(out, o, dataLen);
-  if (probeBytes !== 0) {
-    out[o++] = 0x0a;
-    o = putVarint(out, o, probeBytes);
-    o += out.write(probe, o, "utf8");
-  }
-  pages.forEach((p, i) => {
-    out[o++] = 0x12;
-    o = putVarint(out, o, pageLens[i]!);
-    if (p.cpu !== 0) {
-      out[o++] = 0x08;
-      o = putVarint(out, o, p.cpu);
-    }
-    if (p.seq !== 0n) {
-      out[o++] = 0x10;
-      o = putBigVarint(out, o, p.seq);
-    }
-    if (p.page.length !== 0) {
-      out[o++] = 0x1a;
-      o = putVarint(out, o, p.page.length);
-      out.set(p.page, o);
-      o += p.page.length;
-    }
-  });
-  if (loadId !== 0n) {
-    out[o++] = 0x18;
-    o = putBigVarint(out, o, loadId);
-  }
+  w.field(0x08, version);
+  w.str(0x12, guestId);
+  w.field(0x18, seq);
+  w.len(0x6a, dataLen); // GuestMessage.data = 13
+  w.str(0x0a, probe); // ProbeData.probe = 1
+  w.field(0x18, loadId); // ProbeData.load_id = 3
   acked.forEach((c, i) => {
-    out[o++] = 0x22;
-    o = putVarint(out, o, ackLens[i]!);
-    if (c.cpu !== 0) {
-      out[o++] = 0x08;
-      o = putVarint(out, o, c.cpu);
-    }
-    if (c.seq !== 0n) {
-      out[o++] = 0x10;
-      o = putBigVarint(out, o, c.seq);
-    }
+    w.len(0x22, ackLens[i]!); // ProbeData.acked = 4
+    w.field(0x08, c.cpu);
+    w.field(0x10, c.seq);
   });
-  if (o !== out.length) throw new Error(`data encoder size mismatch (${o} != ${out.length})`);
-  return out;
+  const parts: Buffer[] = [];
+  let from = 0;
+  runs.forEach((r, i) => {
+    w.len(0x2a, runLens[i]!); // ProbeData.runs = 5
+    w.field(0x08, r.cpu);
+    w.field(0x10, r.firstSeq);
+    w.field(0x18, r.count);
+    w.field(0x20, r.pageSize);
+    w.field(0x28, r.lastLength);
+    if (r.data.length === 0) return;
+    w.len(0x32, r.data.length); // PageRun.data = 6
+    parts.push(w.buf.subarray(from, w.o));
+    parts.push(Buffer.isBuffer(r.data) ? r.data : Buffer.from(r.data.buffer, r.data.byteOffset, r.data.length));
+    from = w.o;
+  });
+  if (w.o !== headBytes) throw new Error(`data encoder size mismatch (${w.o} != ${headBytes})`);
+  if (from < w.o || parts.length === 0) parts.push(w.buf.subarray(from, w.o));
+  return parts;
 }

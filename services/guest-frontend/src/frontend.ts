@@ -11,9 +11,9 @@
  */
 import { ErrorCode, isVesperError, ring, type Logger } from "@vesper/protocol";
 import type { CommandHandler, RingClient } from "./ring-client.js";
-import { SendWindow, type OutPage } from "./send-window.js";
+import { SendWindow, type OutRun } from "./send-window.js";
 import { ProbeSpool, type RecoveredSpool } from "./spool.js";
-import { ProbeError, readPageBatches, type PageRead, type ProbeEngine, type Tracefs } from "./tracefs/index.js";
+import { ProbeError, readPageRuns, type ProbeEngine, type RunRead, type Tracefs } from "./tracefs/index.js";
 
 const AGENT_VERSION = "0.2.0";
 
@@ -26,7 +26,7 @@ export interface FrontendOptions {
   windowPages: number;
   /** No ack progress for this long while pages are out: send them again. */
   ackTimeoutMs: number;
-  /** Most pages in one data message (bulk mode reads up to this many per drain). */
+  /** Most pages in one data message (bulk mode reads up to this many per readv). */
   maxPagesPerMessage: number;
   /** Most page bytes in one data message (under the frame limit). */
   maxMessageBytes: number;
@@ -62,8 +62,17 @@ export class Frontend implements CommandHandler {
 
   attach(client: RingClient): void {
     this.client = client;
-    this.statsTimer = setInterval(() => void this.sendStats(), this.o.statsIntervalMs);
+    // Timers run only while they have something to do: under emulation every wake-up of an
+    // idle agent costs the guest milliseconds.
+    this.statsTimer = setInterval(() => {
+      if (this.running.size > 0) void this.sendStats();
+    }, this.o.statsIntervalMs);
     this.statsTimer.unref();
+  }
+
+  /** The stall check runs while some page is out and not acknowledged. */
+  private armStallCheck(): void {
+    if (this.resendTimer !== undefined) return;
     this.resendTimer = setInterval(() => this.checkStalls(), Math.max(50, Math.floor(this.o.ackTimeoutMs / 4)));
     this.resendTimer.unref();
   }
@@ -107,7 +116,7 @@ export class Frontend implements CommandHandler {
     let ok = true;
     for (const c of ack.cpus) {
       const w = rp.windows[c.cpu];
-      if (w === undefined || !w.ack(c.seq, ack.resend)) {
+      if (w === undefined || c.seq > BigInt(Number.MAX_SAFE_INTEGER) || !w.ack(Number(c.seq), ack.resend)) {
         ok = false;
         continue;
       }
@@ -142,8 +151,8 @@ export class Frontend implements CommandHandler {
           await this.engine.unload(meta.spec.name).catch(() => undefined);
           throw new Error(`instance has ${got.cpus} CPUs of ${got.pageSize}-byte pages, the spool ${meta.cpus} of ${meta.pageSize}`);
         }
-        const pending = [...r.pages.values()].reduce((n, p) => n + p.length, 0);
-        this.start(meta.spec, meta.loadId, meta.cpus, meta.pageSize, r.spool, r.pages);
+        const pending = [...r.runs.values()].reduce((n, runs) => n + runs.reduce((m, x) => m + x.count, 0), 0);
+        this.start(meta.spec, meta.loadId, meta.cpus, meta.pageSize, r.spool, r.runs);
         resumed.push(meta.spec.name);
         this.log.info({ probe: meta.spec.name, loadId: String(meta.loadId), pagesToResend: pending }, "resumed a probe from its spool");
       } catch (err) {
@@ -186,7 +195,7 @@ export class Frontend implements CommandHandler {
     cpus: number,
     pageSize: number,
     spool: ProbeSpool | undefined,
-    resend: ReadonlyMap<number, OutPage[]>,
+    resend: ReadonlyMap<number, OutRun[]>,
   ): void {
     const abort = new AbortController();
     const mode = spec.delivery === ring.DeliveryMode.DELIVERY_MODE_BULK ? "bulk" : "urgent";
@@ -195,28 +204,29 @@ export class Frontend implements CommandHandler {
     for (let cpu = 0; cpu < cpus; cpu++) {
       const old = resend.get(cpu) ?? [];
       // After a restart the host holds at least everything before the oldest spooled page.
-      const w = new SendWindow(cpu, this.o.windowPages, old.length > 0 ? old[0]!.seq - 1n : 0n);
-      w.push(old);
+      const w = new SendWindow(cpu, this.o.windowPages, old.length > 0 ? old[0]!.firstSeq - 1 : 0);
+      for (const run of old) w.push(run);
       rp.windows.push(w);
       rp.sending.push(false);
     }
     this.running.set(spec.name, rp);
     for (let cpu = 0; cpu < cpus; cpu++) {
-      const batches = readPageBatches(this.engine.instanceDir(spec.name), cpu, mode, {
+      const runs = readPageRuns(this.engine.instanceDir(spec.name), cpu, mode, {
         signal: abort.signal,
         flushIntervalMs: spec.flushIntervalMs,
         pageSize,
         maxPagesPerBatch: perBatch,
+        layout: this.engine.pageLayout(spec.name),
       });
-      rp.pumps.push(this.pump(spec.name, cpu, batches, rp, perBatch));
+      rp.pumps.push(this.pump(spec.name, cpu, runs, rp, perBatch));
       if (rp.windows[cpu]!.hasUnsent) this.kick(rp, cpu);
     }
   }
 
-  private async pump(probe: string, cpu: number, batches: AsyncIterable<PageRead[]>, rp: RunningProbe, perBatch: number): Promise<void> {
+  private async pump(probe: string, cpu: number, runs: AsyncIterable<RunRead>, rp: RunningProbe, perBatch: number): Promise<void> {
     const w = rp.windows[cpu]!;
     const signal = rp.abort.signal;
-    const it = batches[Symbol.asyncIterator]();
+    const it = runs[Symbol.asyncIterator]();
     try {
       for (;;) {
         // Room first: the generator reads from the kernel only when pulled.
@@ -224,17 +234,17 @@ export class Frontend implements CommandHandler {
         if (signal.aborted) break;
         const r = await it.next();
         if (r.done === true) break;
-        const first = w.nextSeq;
-        const pages = r.value.map(({ page }, i) => ({ seq: first + BigInt(i), page }));
+        const { count, pageSize, lastLength, data } = r.value;
+        const run: OutRun = { firstSeq: w.nextSeq, count, pageSize, lastLength, data };
         if (rp.spool !== undefined) {
           try {
-            rp.spool.write(cpu, pages);
+            rp.spool.write(cpu, run);
           } catch (err) {
             this.warnSpool(err);
             rp.spool = undefined;
           }
         }
-        w.push(pages);
+        w.push(run);
         this.kick(rp, cpu);
       }
     } catch (err) {
@@ -247,6 +257,7 @@ export class Frontend implements CommandHandler {
   /** Starts the CPU's sender unless it is running: it sends until the window has nothing unsent. */
   private kick(rp: RunningProbe, cpu: number): void {
     if (rp.sending[cpu] === true || rp.stopped) return;
+    this.armStallCheck();
     rp.sending[cpu] = true;
     void this.sendLoop(rp, cpu).finally(() => {
       rp.sending[cpu] = false;
@@ -259,16 +270,16 @@ export class Frontend implements CommandHandler {
       const client = this.client;
       if (client === undefined) return;
       // Whatever came in while the last message was being written goes out together.
-      const pages = w.take(this.o.maxPagesPerMessage, this.o.maxMessageBytes);
+      const runs = w.take(this.o.maxPagesPerMessage, this.o.maxMessageBytes);
       try {
         await client.sendData({
           probe: rp.spec.name,
           loadId: rp.loadId,
-          pages: pages.map((p) => ({ cpu, seq: p.seq, page: p.page })),
+          runs: runs.map((r) => ({ cpu, firstSeq: r.firstSeq, count: r.count, pageSize: r.pageSize, lastLength: r.lastLength, data: r.data })),
           acked: [{ cpu, seq: w.acked }],
         });
       } catch (err) {
-        w.unsend(pages);
+        w.unsend(runs);
         this.log.warn({ probe: rp.spec.name, cpu, err: (err as Error).message }, "could not send pages; they go out again later");
         return;
       }
@@ -278,6 +289,11 @@ export class Frontend implements CommandHandler {
   /** Pages out with no ack progress for ackTimeoutMs go out again (go-back-N). */
   private checkStalls(): void {
     const now = Date.now();
+    if (this.unacked === 0) {
+      clearInterval(this.resendTimer);
+      this.resendTimer = undefined;
+      return;
+    }
     for (const rp of this.running.values()) {
       rp.windows.forEach((w, cpu) => {
         if (w.stalled(now, this.o.ackTimeoutMs)) {

@@ -15,7 +15,15 @@ import {
   ring,
   type Logger,
 } from "@vesper/protocol";
-import { encodeDataMessage } from "./data-encoder.js";
+import { encodeDataMessage, type CpuSeq, type DataRun } from "./data-encoder.js";
+
+/** ProbeData as the hot path builds it: runs of pages, plain-number sequence numbers. */
+export interface DataMessage {
+  probe: string;
+  loadId: bigint;
+  runs: readonly DataRun[];
+  acked: readonly CpuSeq[];
+}
 import type { GuestTransport } from "./transports/transport.js";
 
 export interface CommandHandler {
@@ -87,15 +95,15 @@ export class RingClient {
   }
 
   /** Probe data does not wait for an idle request; the host answers it with a DataAck. */
-  async sendData(data: ring.ProbeData): Promise<void> {
+  async sendData(data: DataMessage): Promise<void> {
     this.stats.dataMessages++;
     this.seq++;
     // The hot path: a hand-rolled encoder (same bytes as the generated one), framed in place
     // when the transport is a byte stream.
-    const framed = this.transport.sendFrame !== undefined;
-    const bytes = encodeDataMessage(PROTOCOL_VERSION, this.opts.guestId, this.seq, data.probe, data.pages, framed, data.loadId, data.acked);
-    if (framed) await this.transport.sendFrame!(FrameKind.Data, bytes);
-    else await this.transport.send(FrameKind.Data, bytes);
+    const t = this.transport;
+    const parts = encodeDataMessage(PROTOCOL_VERSION, this.opts.guestId, this.seq, data.probe, data.loadId, data.acked, data.runs, t.sendParts !== undefined);
+    if (t.sendParts !== undefined) await t.sendParts(FrameKind.Data, parts);
+    else await t.send(FrameKind.Data, parts.length === 1 ? parts[0]! : Buffer.concat(parts));
   }
 
   async sendStats(stats: ring.ProbeStats): Promise<void> {

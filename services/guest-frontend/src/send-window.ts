@@ -1,64 +1,83 @@
 /**
  * The pages of one probe on one CPU that the host has not acknowledged yet.
  *
- * Pages leave in seq order and stay here until a DataAck covers them; the host
- * takes pages in order only (go-back-N), so resending means starting again from the
- * oldest unacknowledged page. The window is bounded: a pump waits for room before it
- * reads the next page from the kernel, so a host that is slow or away turns into
- * events waiting in the kernel's ring (which counts what it overwrites), never into
- * memory growing here.
+ * Pages travel in runs (consecutive pages read in one go, back to back in one
+ * buffer): the guest handles a run as a whole, never page by page. They leave in seq
+ * order and stay here until a DataAck covers them; the host takes pages in order
+ * only (go-back-N), so resending means starting again from the oldest
+ * unacknowledged page. The window is bounded in pages: a pump waits for room before
+ * it reads from the kernel, so a host that is slow or away turns into events waiting
+ * in the kernel's ring (which counts what it overwrites), never into memory growing here.
  */
 
-export interface OutPage {
-  readonly seq: bigint;
-  readonly page: Buffer;
+/** Pages firstSeq .. firstSeq + count - 1; all pageSize bytes but the last (lastLength). */
+export interface OutRun {
+  /** Per probe and CPU, from 1 (a number: 2^53 pages is more than any CPU will ever ship). */
+  readonly firstSeq: number;
+  readonly count: number;
+  readonly pageSize: number;
+  readonly lastLength: number;
+  readonly data: Buffer;
+}
+
+export function runEnd(r: OutRun): number {
+  return r.firstSeq + r.count - 1;
+}
+
+/** The pages of `r` after `seq` (firstSeq <= seq < runEnd(r)). */
+export function runAfter(r: OutRun, seq: number): OutRun {
+  const drop = seq - r.firstSeq + 1;
+  return { firstSeq: seq + 1, count: r.count - drop, pageSize: r.pageSize, lastLength: r.lastLength, data: r.data.subarray(drop * r.pageSize) };
 }
 
 export interface WindowStats {
   /** Pages sent again (after a timeout, a resend request or a new Welcome). */
   resent: number;
-  /** Acks that named a seq this window never sent, or a rewind past what it has. */
+  /** Acks that named a seq this window never sent. */
   badAcks: number;
 }
 
 export class SendWindow {
   readonly stats: WindowStats = { resent: 0, badAcks: 0 };
-  private pages: OutPage[] = [];
-  /** Index in `pages` of the next page to send. */
+  private runs: OutRun[] = [];
+  /** Index in `runs` of the next run to send. */
   private next = 0;
-  /** Highest seq ever sent (or pushed, for pages recovered from the spool). */
-  private highest: bigint;
+  /** Pages in `runs`. */
+  private pages = 0;
+  /** Highest seq pushed (or known to the host). */
+  private highest: number;
+  private highestSent: number;
   private lastProgressAt = Date.now();
   private lastSentAt = 0;
   private roomWaiters: Array<() => void> = [];
   /** seq of the ack that last asked for a resend: one resend per gap, not one per ack. */
-  private resentFor = -1n;
+  private resentFor = -1;
 
   constructor(
     readonly cpu: number,
     readonly capacity: number,
     /** The host's watermark as far as we know (the spool's lower bound after a restart). */
-    public acked = 0n,
+    public acked = 0,
   ) {
     this.highest = acked;
+    this.highestSent = acked;
   }
 
   get unacked(): number {
-    return this.pages.length;
+    return this.pages;
   }
 
   get hasUnsent(): boolean {
-    return this.next < this.pages.length;
+    return this.next < this.runs.length;
   }
 
-  /** seq the next pushed page must carry. */
-  get nextSeq(): bigint {
-    const last = this.pages.at(-1);
-    return (last === undefined ? this.highest : last.seq > this.highest ? last.seq : this.highest) + 1n;
+  /** seq the next pushed run must start at. */
+  get nextSeq(): number {
+    return this.highest + 1;
   }
 
   hasRoom(n: number): boolean {
-    return this.pages.length + n <= this.capacity;
+    return this.pages + n <= this.capacity;
   }
 
   /** Resolves once `n` more pages fit (or at once when the signal aborts). */
@@ -76,38 +95,41 @@ export class SendWindow {
     }
   }
 
-  /** Adds pages read from the kernel (their seq must continue the window's). */
-  push(pages: readonly OutPage[]): void {
-    for (const p of pages) {
-      if (p.seq !== this.nextSeq) throw new Error(`page seq ${p.seq} does not follow ${this.nextSeq - 1n}`);
-      this.pages.push(p);
-    }
+  /** Adds a run read from the kernel (it must start at nextSeq). */
+  push(run: OutRun): void {
+    if (run.firstSeq !== this.nextSeq) throw new Error(`run at seq ${run.firstSeq} does not follow ${this.highest}`);
+    if (run.count <= 0) return;
+    this.runs.push(run);
+    this.pages += run.count;
+    this.highest = runEnd(run);
   }
 
-  /** The next pages to send, oldest first, at most `maxPages` and about `maxBytes`; marks them sent. */
-  take(maxPages: number, maxBytes: number): OutPage[] {
-    const out: OutPage[] = [];
+  /** The next runs to send, oldest first, about `maxPages` pages and `maxBytes`; marks them sent. */
+  take(maxPages: number, maxBytes: number): OutRun[] {
+    const out: OutRun[] = [];
+    let pages = 0;
     let bytes = 0;
-    while (this.next < this.pages.length && out.length < maxPages) {
-      const p = this.pages[this.next]!;
-      if (out.length > 0 && bytes + p.page.length > maxBytes) break;
-      out.push(p);
-      bytes += p.page.length;
+    while (this.next < this.runs.length) {
+      const r = this.runs[this.next]!;
+      if (out.length > 0 && (pages + r.count > maxPages || bytes + r.data.length > maxBytes)) break;
+      out.push(r);
+      pages += r.count;
+      bytes += r.data.length;
       this.next++;
     }
     if (out.length > 0) {
-      const last = out.at(-1)!.seq;
-      if (last > this.highest) this.highest = last;
+      const last = runEnd(out.at(-1)!);
+      if (last > this.highestSent) this.highestSent = last;
       this.lastSentAt = Date.now();
     }
     return out;
   }
 
-  /** Sending failed: these pages go out again with the next take(). */
-  unsend(pages: readonly OutPage[]): void {
-    if (pages.length === 0) return;
-    const first = pages[0]!.seq;
-    const i = this.pages.findIndex((p) => p.seq === first);
+  /** Sending failed: these runs go out again with the next take(). */
+  unsend(runs: readonly OutRun[]): void {
+    if (runs.length === 0) return;
+    const first = runs[0]!.firstSeq;
+    const i = this.runs.findIndex((r) => runEnd(r) >= first);
     if (i >= 0 && i < this.next) this.next = i;
   }
 
@@ -116,8 +138,8 @@ export class SendWindow {
    * `seq`: everything after it goes out again (once per gap). Returns false for an
    * ack that names a page this window never sent (dropped and counted).
    */
-  ack(seq: bigint, resend: boolean): boolean {
-    if (seq > this.highest) {
+  ack(seq: number, resend: boolean): boolean {
+    if (seq > this.highestSent) {
       this.stats.badAcks++;
       return false;
     }
@@ -125,14 +147,23 @@ export class SendWindow {
       this.acked = seq;
       this.lastProgressAt = Date.now();
       let drop = 0;
-      while (drop < this.pages.length && this.pages[drop]!.seq <= seq) drop++;
-      if (drop > 0) {
-        this.pages.splice(0, drop);
-        this.next = Math.max(0, this.next - drop);
-        this.wakeRoomWaiters();
+      while (drop < this.runs.length && runEnd(this.runs[drop]!) <= seq) {
+        this.pages -= this.runs[drop]!.count;
+        drop++;
       }
+      if (drop > 0) {
+        this.runs.splice(0, drop);
+        this.next = Math.max(0, this.next - drop);
+      }
+      const head = this.runs[0];
+      if (head !== undefined && head.firstSeq <= seq) {
+        const rest = runAfter(head, seq);
+        this.pages -= head.count - rest.count;
+        this.runs[0] = rest;
+      }
+      this.wakeRoomWaiters();
     }
-    if (resend && seq !== this.resentFor && this.pages.length > 0) {
+    if (resend && seq !== this.resentFor && this.runs.length > 0) {
       this.resentFor = seq;
       this.rewind();
     }
@@ -141,7 +172,7 @@ export class SendWindow {
 
   /** Everything unacknowledged goes out again, oldest first. */
   rewind(): void {
-    this.stats.resent += this.next;
+    for (let i = 0; i < this.next; i++) this.stats.resent += this.runs[i]!.count;
     this.next = 0;
   }
 
@@ -160,8 +191,9 @@ export class SendWindow {
 
   /** Drops everything (unload); waiting pumps are released. */
   clear(): void {
-    this.pages = [];
+    this.runs = [];
     this.next = 0;
+    this.pages = 0;
     this.wakeRoomWaiters();
   }
 

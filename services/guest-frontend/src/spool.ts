@@ -5,21 +5,21 @@
  * them (reads from trace_pipe_raw consume: the kernel cannot give them twice).
  *
  * <dir>/<probe>/meta.json   the spec, load id, CPUs and page size of the load
- * <dir>/<probe>/cpuN        `slots` fixed slots of [16-byte header | page]; page seq s
- *                           lives in slot s % slots. The send window never holds more
- *                           than `slots` pages, so a slot is reused only after the
- *                           host acknowledged its page.
+ * <dir>/<probe>/cpuN.data   `slots` pages; page seq s lives at slot s % slots
+ * <dir>/<probe>/cpuN.runs   `slots` run records; a run starting at seq s at slot s % slots
  *
- * Writes are one pwritev per batch on the main thread (tmpfs: a memory copy). The
- * directory must be RAM-backed: the frontend may not depend on the guest's disk.
+ * The send window never holds more than `slots` pages, so a slot is reused only
+ * after the host acknowledged its page. A run costs two pwrite(2)s (data, record),
+ * whatever its length; the directory must be RAM-backed, since the frontend may not
+ * depend on the guest's disk.
  */
 import fs from "node:fs";
 import path from "node:path";
 import { ring } from "@vesper/protocol";
-import type { OutPage } from "./send-window.js";
+import type { OutRun } from "./send-window.js";
 
-const SLOT_MAGIC = 0x4c505356; // "VSPL" little-endian
-const SLOT_HEADER = 16;
+const RUN_MAGIC = 0x4e525356; // "VSRN" little-endian
+const RECORD = 24; // magic u32, count u32, lastLength u32, reserved u32, firstSeq f64
 
 export interface SpoolMeta {
   spec: ring.ProbeSpec;
@@ -30,11 +30,11 @@ export interface SpoolMeta {
   slots: number;
 }
 
-/** One probe's spool found at start-up, with the pages it still holds per CPU (oldest first). */
+/** One probe's spool found at start-up, with the runs it still holds per CPU (oldest first). */
 export interface RecoveredSpool {
   readonly meta: SpoolMeta;
   readonly spool: ProbeSpool;
-  readonly pages: ReadonlyMap<number, OutPage[]>;
+  readonly runs: ReadonlyMap<number, OutRun[]>;
 }
 
 interface MetaJson {
@@ -50,7 +50,8 @@ export class ProbeSpool {
   private constructor(
     readonly dir: string,
     readonly meta: SpoolMeta,
-    private readonly fds: number[],
+    private readonly dataFds: number[],
+    private readonly runFds: number[],
   ) {}
 
   /** Starts the spool of a fresh load (replacing whatever an earlier load of the probe left). */
@@ -58,12 +59,12 @@ export class ProbeSpool {
     const dir = path.join(root, meta.spec.name);
     fs.rmSync(dir, { recursive: true, force: true });
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const fds: number[] = [];
+    const dataFds: number[] = [];
+    const runFds: number[] = [];
     try {
       for (let cpu = 0; cpu < meta.cpus; cpu++) {
-        const fd = fs.openSync(path.join(dir, `cpu${cpu}`), "w+", 0o600);
-        fds.push(fd);
-        fs.ftruncateSync(fd, meta.slots * (SLOT_HEADER + meta.pageSize));
+        dataFds.push(fs.openSync(path.join(dir, `cpu${cpu}.data`), "w+", 0o600));
+        runFds.push(fs.openSync(path.join(dir, `cpu${cpu}.runs`), "w+", 0o600));
       }
       const json: MetaJson = {
         spec: ring.ProbeSpec.toJSON(meta.spec),
@@ -76,11 +77,11 @@ export class ProbeSpool {
       // Written last: a spool without meta.json is half made and is discarded at start-up.
       fs.writeFileSync(path.join(dir, "meta.json"), JSON.stringify(json), { mode: 0o600 });
     } catch (err) {
-      for (const fd of fds) fs.closeSync(fd);
+      for (const fd of [...dataFds, ...runFds]) fs.closeSync(fd);
       fs.rmSync(dir, { recursive: true, force: true });
       throw err;
     }
-    return new ProbeSpool(dir, meta, fds);
+    return new ProbeSpool(dir, meta, dataFds, runFds);
   }
 
   /**
@@ -120,67 +121,43 @@ export class ProbeSpool {
     if (!(meta.cpus > 0 && meta.pageSize > 0 && meta.slots > 0) || meta.spec.name !== path.basename(dir)) {
       throw new Error(`spool ${dir}: inconsistent meta.json`);
     }
-    const fds: number[] = [];
-    const pages = new Map<number, OutPage[]>();
-    const slotBytes = SLOT_HEADER + meta.pageSize;
+    const dataFds: number[] = [];
+    const runFds: number[] = [];
+    const runs = new Map<number, OutRun[]>();
     try {
       for (let cpu = 0; cpu < meta.cpus; cpu++) {
-        const fd = fs.openSync(path.join(dir, `cpu${cpu}`), "r+");
-        fds.push(fd);
-        const all = Buffer.alloc(meta.slots * slotBytes);
-        fs.readSync(fd, all, 0, all.length, 0);
-        const found: OutPage[] = [];
-        for (let i = 0; i < meta.slots; i++) {
-          const h = i * slotBytes;
-          if (all.readUInt32LE(h + 12) !== SLOT_MAGIC) continue;
-          const seq = all.readBigUInt64LE(h);
-          const len = all.readUInt32LE(h + 8);
-          if (seq === 0n || len === 0 || len > meta.pageSize || seq % BigInt(meta.slots) !== BigInt(i)) continue;
-          found.push({ seq, page: Buffer.from(all.subarray(h + SLOT_HEADER, h + SLOT_HEADER + len)) });
-        }
-        found.sort((a, b) => (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0));
-        // The run of consecutive seqs that ends with the newest page: anything older
-        // than a hole was acknowledged long ago (its slot simply was not reused yet).
-        let start = found.length - 1;
-        while (start > 0 && found[start - 1]!.seq === found[start]!.seq - 1n) start--;
-        pages.set(cpu, start < 0 ? [] : found.slice(start));
+        dataFds.push(fs.openSync(path.join(dir, `cpu${cpu}.data`), "r+"));
+        runFds.push(fs.openSync(path.join(dir, `cpu${cpu}.runs`), "r+"));
+        runs.set(cpu, readRuns(dataFds[cpu]!, runFds[cpu]!, meta));
       }
     } catch (err) {
-      for (const fd of fds) fs.closeSync(fd);
+      for (const fd of [...dataFds, ...runFds]) fs.closeSync(fd);
       throw err;
     }
-    return { meta, spool: new ProbeSpool(dir, meta, fds), pages };
+    return { meta, spool: new ProbeSpool(dir, meta, dataFds, runFds), runs };
   }
 
-  /** Copies pages (consecutive seqs of one CPU) into their slots. */
-  write(cpu: number, pages: readonly OutPage[]): void {
-    const fd = this.fds[cpu];
-    if (fd === undefined || pages.length === 0) return;
+  /** Copies a run into its slots and records it. */
+  write(cpu: number, run: OutRun): void {
+    const dataFd = this.dataFds[cpu];
+    const runFd = this.runFds[cpu];
+    if (dataFd === undefined || runFd === undefined || run.count === 0) return;
     const { slots, pageSize } = this.meta;
-    const slotBytes = SLOT_HEADER + pageSize;
-    let i = 0;
-    while (i < pages.length) {
-      // One pwritev per run of slots that does not wrap around the end of the file.
-      const firstSlot = Number(pages[i]!.seq % BigInt(slots));
-      const run = Math.min(pages.length - i, slots - firstSlot);
-      const bufs: Buffer[] = [];
-      for (let k = 0; k < run; k++) {
-        const p = pages[i + k]!;
-        const len = Math.min(p.page.length, pageSize);
-        const h = Buffer.allocUnsafe(SLOT_HEADER);
-        h.writeBigUInt64LE(p.seq, 0);
-        h.writeUInt32LE(len, 8);
-        h.writeUInt32LE(SLOT_MAGIC, 12);
-        bufs.push(h, len === p.page.length ? p.page : p.page.subarray(0, len));
-        if (len < pageSize) bufs.push(Buffer.alloc(pageSize - len));
-      }
-      fs.writevSync(fd, bufs, firstSlot * slotBytes);
-      i += run;
-    }
+    const start = run.firstSeq % slots;
+    const first = Math.min(run.count, slots - start);
+    writeAll(dataFd, run.data.subarray(0, first * pageSize), start * pageSize);
+    if (first < run.count) writeAll(dataFd, run.data.subarray(first * pageSize), 0); // wraps around
+    const rec = Buffer.allocUnsafe(RECORD);
+    rec.writeUInt32LE(RUN_MAGIC, 0);
+    rec.writeUInt32LE(run.count, 4);
+    rec.writeUInt32LE(run.lastLength, 8);
+    rec.writeUInt32LE(0, 12);
+    rec.writeDoubleLE(run.firstSeq, 16);
+    writeAll(runFd, rec, start * RECORD);
   }
 
   close(): void {
-    for (const fd of this.fds.splice(0)) {
+    for (const fd of [...this.dataFds.splice(0), ...this.runFds.splice(0)]) {
       try {
         fs.closeSync(fd);
       } catch {
@@ -194,4 +171,48 @@ export class ProbeSpool {
     this.close();
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+function writeAll(fd: number, buf: Buffer, position: number): void {
+  for (let off = 0; off < buf.length; ) off += fs.writeSync(fd, buf, off, buf.length - off, position + off);
+}
+
+/**
+ * The chain of runs that ends with the newest one: each run must end right before the
+ * next begins, and all of them together fit the slots (older records may still be in
+ * the file, their pages long overwritten; the chain never reaches them).
+ */
+function readRuns(dataFd: number, runFd: number, meta: SpoolMeta): OutRun[] {
+  const { slots, pageSize } = meta;
+  const recs = Buffer.alloc(slots * RECORD);
+  fs.readSync(runFd, recs, 0, recs.length, 0);
+  const byEnd = new Map<number, { firstSeq: number; count: number; lastLength: number }>();
+  let newest: { firstSeq: number; count: number; lastLength: number } | undefined;
+  for (let i = 0; i < slots; i++) {
+    const o = i * RECORD;
+    if (recs.readUInt32LE(o) !== RUN_MAGIC) continue;
+    const r = { count: recs.readUInt32LE(o + 4), lastLength: recs.readUInt32LE(o + 8), firstSeq: recs.readDoubleLE(o + 16) };
+    if (!Number.isSafeInteger(r.firstSeq) || r.firstSeq < 1 || r.count < 1 || r.count > slots || r.lastLength > pageSize) continue;
+    if (r.firstSeq % slots !== i) continue;
+    byEnd.set(r.firstSeq + r.count - 1, r);
+    if (newest === undefined || r.firstSeq > newest.firstSeq) newest = r;
+  }
+  const chain: { firstSeq: number; count: number; lastLength: number }[] = [];
+  let pages = 0;
+  for (let r = newest; r !== undefined && pages + r.count <= slots; r = byEnd.get(r.firstSeq - 1)) {
+    chain.unshift(r);
+    pages += r.count;
+  }
+  const all = Buffer.alloc(slots * pageSize);
+  if (chain.length > 0) fs.readSync(dataFd, all, 0, all.length, 0);
+  return chain.map((r) => {
+    const len = (r.count - 1) * pageSize + r.lastLength;
+    const data = Buffer.allocUnsafe(len);
+    for (let k = 0; k < r.count; k++) {
+      const slot = (r.firstSeq + k) % slots;
+      const n = k < r.count - 1 ? pageSize : r.lastLength;
+      all.copy(data, k * pageSize, slot * pageSize, slot * pageSize + n);
+    }
+    return { firstSeq: r.firstSeq, count: r.count, pageSize, lastLength: r.lastLength, data };
+  });
 }

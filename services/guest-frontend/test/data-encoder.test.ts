@@ -3,46 +3,49 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
 import { decodeGuestMessage, encodeFrame, encodeGuestMessage, FrameKind, PROTOCOL_VERSION } from "@vesper/protocol";
-import { encodeDataMessage } from "../src/data-encoder.js";
-
-const page = fc.record({
-  cpu: fc.nat({ max: 2 ** 32 - 1 }),
-  seq: fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
-  page: fc.uint8Array({ maxLength: 300 }),
-});
+import { encodeDataMessage, type DataRun } from "../src/data-encoder.js";
 
 const u64 = fc.bigInt({ min: 0n, max: 2n ** 64n - 1n });
-const cpuSeq = fc.record({ cpu: fc.nat({ max: 2 ** 32 - 1 }), seq: u64 });
+const u32 = fc.nat({ max: 2 ** 32 - 1 });
+const cpuSeq = fc.record({ cpu: u32, seq: fc.oneof(u64, fc.maxSafeNat()) });
+const run = fc.record({ cpu: u32, firstSeq: fc.maxSafeNat(), count: u32, pageSize: u32, lastLength: u32, data: fc.uint8Array({ maxLength: 300 }) });
+
+function generated(guestId: string, seq: bigint, probe: string, loadId: bigint, acked: { cpu: number; seq: number | bigint }[], runs: DataRun[]): Uint8Array {
+  return encodeGuestMessage({
+    version: PROTOCOL_VERSION,
+    guestId,
+    seq,
+    body: {
+      $case: "data",
+      value: {
+        probe,
+        pages: [],
+        loadId,
+        acked: acked.map((a) => ({ cpu: a.cpu, seq: BigInt(a.seq) })),
+        runs: runs.map((r) => ({ ...r, firstSeq: BigInt(r.firstSeq), data: Buffer.from(r.data) })),
+      },
+    },
+  });
+}
 
 test("encodeDataMessage matches GuestMessage.encode byte for byte", () => {
   fc.assert(
-    fc.property(
-      fc.string(),
-      u64,
-      fc.string(),
-      fc.array(page, { maxLength: 4 }),
-      u64,
-      fc.array(cpuSeq, { maxLength: 3 }),
-      (guestId, seq, probe, pages, loadId, acked) => {
-        const ours = encodeDataMessage(PROTOCOL_VERSION, guestId, seq, probe, pages, false, loadId, acked);
-        const theirs = encodeGuestMessage({
-          version: PROTOCOL_VERSION,
-          guestId,
-          seq,
-          body: { $case: "data", value: { probe, pages: pages.map((p) => ({ ...p, page: Buffer.from(p.page) })), loadId, acked } },
-        });
-        assert.deepEqual(new Uint8Array(ours), theirs);
-      },
-    ),
+    fc.property(fc.string(), u64, fc.string(), u64, fc.array(cpuSeq, { maxLength: 3 }), fc.array(run, { maxLength: 3 }), (guestId, seq, probe, loadId, acked, runs) => {
+      const parts = encodeDataMessage(PROTOCOL_VERSION, guestId, seq, probe, loadId, acked, runs);
+      assert.deepEqual(new Uint8Array(Buffer.concat(parts)), generated(guestId, seq, probe, loadId, acked, runs));
+    }),
     { numRuns: 500 },
   );
 });
 
-test("framed output is the frame the generic path builds", () => {
-  const pages = [{ cpu: 1, seq: 7n, page: Buffer.alloc(4096, 3) }, { cpu: 0, seq: 1n, page: Buffer.alloc(100, 1) }];
-  const framed = encodeDataMessage(PROTOCOL_VERSION, "web1", 300n, "process", pages, true);
-  const payload = encodeGuestMessage({ version: PROTOCOL_VERSION, guestId: "web1", seq: 300n, body: { $case: "data", value: { probe: "process", pages, loadId: 0n, acked: [] } } });
-  assert.deepEqual(framed, encodeFrame(FrameKind.Data, payload));
+test("run bytes go out as they are, not copied; framed output is the frame the generic path builds", () => {
+  const data = Buffer.alloc(2 * 4096 + 100, 3);
+  const runs: DataRun[] = [{ cpu: 1, firstSeq: 7, count: 3, pageSize: 4096, lastLength: 100, data }];
+  const parts = encodeDataMessage(PROTOCOL_VERSION, "web1", 300n, "process", 9n, [{ cpu: 1, seq: 6 }], runs, true);
+  assert.equal(parts.length, 2);
+  assert.equal(parts[1], data, "the run's buffer itself");
+  const framed = Buffer.concat(parts);
+  assert.deepEqual(framed, encodeFrame(FrameKind.Data, generated("web1", 300n, "process", 9n, [{ cpu: 1, seq: 6 }], runs)));
   const back = decodeGuestMessage(framed.subarray(8));
-  assert.equal(back.body?.$case, "data");
+  assert.equal(back.body?.$case === "data" && back.body.value.runs[0]?.count, 3);
 });

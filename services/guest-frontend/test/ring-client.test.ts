@@ -85,7 +85,7 @@ test("hello, then one idle request at a time; commands are answered with a resul
 test("data goes out as data frames without waiting for the host", async () => {
   const t = new FakeTransport();
   const client = new RingClient(t, handler, createLogger("test", "silent"), { guestId: "g1" });
-  await client.sendData({ probe: "p", pages: [{ cpu: 0, seq: 1n, page: Buffer.alloc(16) }], loadId: 9n, acked: [{ cpu: 0, seq: 0n }] });
+  await client.sendData({ probe: "p", runs: [{ cpu: 0, firstSeq: 1, count: 1, pageSize: 4096, lastLength: 16, data: Buffer.alloc(16) }], loadId: 9n, acked: [{ cpu: 0, seq: 0 }] });
   assert.equal(t.sent[0]!.kind, FrameKind.Data);
   assert.equal(t.sent[0]!.msg.body?.$case, "data");
   const data = t.sent[0]!.msg.body?.$case === "data" ? t.sent[0]!.msg.body.value : undefined;

@@ -319,3 +319,21 @@ describe("ProbeEngine", () => {
     assert.deepEqual(await ours(), []);
   });
 });
+
+describe("page layout", () => {
+  test("from this kernel's header_page: pages are cut after the committed data", async () => {
+    const { parsePageLayout, usedBytes } = await import("../src/tracefs/page-layout.js");
+    const layout = parsePageLayout(fs.readFileSync(`${tf.root}/events/header_page`, "utf8"));
+    assert.ok(layout !== undefined);
+    assert.equal(layout.commitOffset, 8);
+    assert.equal(layout.dataOffset, 16);
+    const page = Buffer.alloc(4096);
+    page.writeUInt32LE(40, 8);
+    assert.equal(usedBytes(page, 0, 4096, layout), 56);
+    page.writeUInt32LE((40 | 0x80000000 | 0x40000000) >>> 0, 8); // missed events, count stored after the data
+    assert.equal(usedBytes(page, 0, 4096, layout), 56 + layout.commitSize);
+    page.writeUInt32LE(5000, 8); // a commit past the page: left whole, for the host to judge
+    assert.equal(usedBytes(page, 0, 4096, layout), 4096);
+    assert.equal(parsePageLayout("no fields here"), undefined);
+  });
+});

@@ -3,4 +3,3 @@ export * from "./bus-responder.js";
 export * from "./events-stream.js";
 export * from "./nats-connect.js";
 export * from "./probe-store.js";
-export * from "./events-batch.js";

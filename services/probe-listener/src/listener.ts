@@ -12,7 +12,7 @@
  * never disturbs another guest's events.
  */
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
-import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { headers as natsHeaders, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import {
   api,
   bus,
@@ -27,11 +27,13 @@ import {
   VesperError,
   type Logger,
 } from "@vesper/protocol";
-import { ensureEventsStream, EventBatchWriter, serve, type ProbeStore } from "@vesper/host-common";
+import { ensureEventsStream, serve, type ProbeStore } from "@vesper/host-common";
 import { CommCache } from "./comm-cache.js";
 import { EventPublisher } from "./event-publisher.js";
 import { toApiEvent } from "./event-mapper.js";
-import { PageDecoder, parseEventFormat, parseHeaderPage, type DecodedPage } from "./ftrace/index.js";
+import { buildDecoder } from "./decoder-factory.js";
+import type { DecodedPage, PageDecoder, PageScan } from "./ftrace/index.js";
+import { PAGES_HEADER } from "./record-reader.js";
 import { CpuCursor } from "./cpu-cursor.js";
 
 interface Attachment {
@@ -45,8 +47,10 @@ interface Attachment {
   ackResend: boolean;
   ackReplyTo: bigint;
   ackScheduled: boolean;
-  /** Bulk probes: one JetStream message per data message (a batch of records), see events-batch.ts. */
-  readonly batched: boolean;
+  /** Bulk probes: pages are stored as they are (bus.StoredPages), not decoded here. */
+  readonly bulk: boolean;
+  readonly spec: ring.ProbeSpec;
+  readonly loaded: ring.LoadedProbe;
   events: number;
   kernelLost: bigint;
 }
@@ -118,24 +122,31 @@ export function toGuestDrops(c: GuestCounters): api.GuestDrops {
   });
 }
 
-/** Builds a decoder from what a guest reported; throws VesperError(MALFORMED) on lies. */
-export function buildDecoder(spec: ring.ProbeSpec, loaded: ring.LoadedProbe): PageDecoder {
-  try {
-    const formats = loaded.formats.map((f) => parseEventFormat(f.format, f.system));
-    const header = parseHeaderPage(loaded.headerPage);
-    const waitStatusFields = new Map<string, string>();
-    for (const k of spec.kprobes) {
-      if (k.waitStatusArg === "") continue;
-      // The guest picks the kprobe group (its prefix may differ); match by event name.
-      const f = loaded.formats.find((x) => x.name === k.name && x.system.endsWith(`_${spec.name}`));
-      if (f !== undefined) waitStatusFields.set(`${f.system}/${f.name}`, k.waitStatusArg);
+/** Largest page a run may declare (ftrace pages are the kernel's page size, usually 4 KiB). */
+const MAX_RUN_PAGE_SIZE = 64 * 1024;
+
+/**
+ * The pages of a data message: its single pages, then each run's, cut out of the run's
+ * bytes without copying. A run whose sizes do not add up is dropped whole (its pages
+ * counted as bad): its sequence numbers cannot be trusted either.
+ */
+export function pagesOf(data: ring.ProbeData, c: GuestCounters, onBad: (why: string) => void): ring.RawPage[] {
+  if (data.runs.length === 0) return data.pages;
+  const out = [...data.pages];
+  for (const r of data.runs) {
+    const ps = r.pageSize;
+    const expected = (r.count - 1) * ps + r.lastLength;
+    if (r.count < 1 || ps < 64 || ps > MAX_RUN_PAGE_SIZE || r.lastLength > ps || r.data.length !== expected || r.firstSeq < 1n) {
+      c.badPages += Math.max(0, Math.min(r.count, 1 + Math.floor(r.data.length / Math.max(ps, 64))));
+      onBad(`run at seq ${r.firstSeq}: ${r.count} pages of ${ps} bytes, last ${r.lastLength}, in ${r.data.length} bytes`);
+      continue;
     }
-    return new PageDecoder(formats, header, { waitStatusFields });
-  } catch (err) {
-    throw new VesperError(ErrorCode.Malformed, `the guest's event formats for ${spec.name} do not parse: ${(err as Error).message}`, {
-      cause: err,
-    });
+    for (let i = 0; i < r.count; i++) {
+      const end = i < r.count - 1 ? (i + 1) * ps : expected;
+      out.push({ cpu: r.cpu, seq: r.firstSeq + BigInt(i), page: r.data.subarray(i * ps, end) });
+    }
   }
+  return out;
 }
 
 export class ProbeListener {
@@ -224,7 +235,9 @@ export class ProbeListener {
       ackResend: false,
       ackReplyTo: 0n,
       ackScheduled: false,
-      batched: spec.delivery === ring.DeliveryMode.DELIVERY_MODE_BULK,
+      bulk: spec.delivery === ring.DeliveryMode.DELIVERY_MODE_BULK,
+      spec,
+      loaded,
       events: 0,
       kernelLost: 0n,
     });
@@ -293,21 +306,20 @@ export class ProbeListener {
     }
     if (data.loadId !== a.loadId) {
       // Pages of an earlier (or later) load: other formats, another sequence. Not acked.
-      c.staleLoadPages += data.pages.length;
+      c.staleLoadPages += data.pages.length + data.runs.reduce((n, r) => n + r.count, 0);
       this.warn(`${guest}/staleload`, { guest, probe: a.probe, loadId: String(data.loadId), listening: String(a.loadId) }, "dropping pages of another load");
       return;
     }
-    let comms = this.comms.get(guest);
-    if (comms === undefined) this.comms.set(guest, (comms = new CommCache()));
     const subject = subjects.events(guest, a.probe);
-    const batch = a.batched ? new EventBatchWriter() : undefined;
-    let batchId = "";
+    const pages = pagesOf(data, c, (why) => this.warn(`${guest}/badrun`, { guest, probe: a.probe, why }, "dropping a malformed page run"));
     const hints = new Map(data.acked.map((x) => [x.cpu, x.seq] as const));
-    // Per CPU: the stream acks this message's pages wait for, and its newest page taken.
-    const taken = new Map<number, { stored: Promise<void>[]; last: bigint }>();
+    // Per CPU: the stream acks this message's pages wait for, its newest page taken, and
+    // (bulk) the pages to store.
+    const taken = new Map<number, { stored: Promise<void>[]; last: bigint; keep: bus.StoredPage[]; events: number }>();
     const now = Date.now();
     const gapTimeoutMs = this.o.gapTimeoutMs ?? 10_000;
-    for (const p of data.pages) {
+    const receivedUnixNs = BigInt(now) * 1_000_000n;
+    for (const p of pages) {
       const cur = this.cursor(a, p.cpu, hints.get(p.cpu));
       const verdict = cur.offer(p.seq, now, gapTimeoutMs);
       if (verdict.kind === "duplicate") {
@@ -323,75 +335,106 @@ export class ProbeListener {
         continue;
       }
       let t = taken.get(p.cpu);
-      if (t === undefined) taken.set(p.cpu, (t = { stored: [], last: p.seq }));
+      if (t === undefined) taken.set(p.cpu, (t = { stored: [], last: p.seq, keep: [], events: 0 }));
       t.last = p.seq;
-      let page: DecodedPage;
-      try {
-        page = a.decoder.decode(p.page);
-      } catch (err) {
-        // A page too short for its header, or not a page at all: dropped and counted (and
-        // acked: it is handled). A loss before it is still reported.
-        c.badPages++;
-        this.warn(`${guest}/badpage`, { guest, probe: a.probe, cpu: p.cpu, err: (err as Error).message, dropped: c.badPages }, "dropping undecodable page");
-        page = { timestamp: 0n, events: [], missedEvents: 0, errors: [] };
+      if (verdict.pagesLost > 0n) {
+        this.o.log.warn({ guest, probe: a.probe, cpu: p.cpu, pagesLost: String(verdict.pagesLost) }, "pages never came: reported as lost");
       }
-      if (page.errors.length > 0) {
-        c.badPages++;
-        this.warn(`${guest}/badpage`, { guest, probe: a.probe, cpu: p.cpu, errors: page.errors.slice(0, 3) }, "page had bad records");
-      }
-      const kernelLost = page.missedEvents > 0 ? BigInt(page.missedEvents) : 0n;
-      const unknownLoss = page.missedEvents < 0;
-      if (verdict.pagesLost > 0n || kernelLost > 0n || unknownLoss) {
-        a.kernelLost += kernelLost;
-        const loss: api.Loss = { guest, probe: a.probe, cpu: p.cpu, kernelLost: unknownLoss ? 1n : kernelLost, pagesLost: verdict.pagesLost };
-        if (verdict.pagesLost > 0n) {
-          this.o.log.warn({ guest, probe: a.probe, cpu: p.cpu, pagesLost: String(verdict.pagesLost) }, "pages never came: reported as lost");
-        }
-        if (batch !== undefined) {
-          if (batchId === "") batchId = `${a.loadId}.${p.cpu}.${p.seq}.b`;
-          batch.add({ kind: { $case: "loss", value: loss }, streamSeq: 0n });
-        } else {
-          const r = await this.publisher.publish(
-            subject,
-            api.WatchEventsResponse.encode({ kind: { $case: "loss", value: loss }, streamSeq: 0n }).finish(),
-            `${guest}.${a.probe}.${a.loadId}.${p.cpu}.${p.seq}.loss`,
-          );
-          t.stored.push(r.stored);
-        }
-      }
-      const receivedUnixNs = BigInt(Date.now()) * 1_000_000n;
-      const ctx = { guest, probe: a.probe, cpu: p.cpu, pageSeq: p.seq, receivedUnixNs };
-      let index = 0;
-      for (const ev of page.events) {
-        const lostBefore = index === 0 ? kernelLost : 0n;
-        const event = toApiEvent(ev, index, lostBefore, ctx, comms);
-        if (batch !== undefined) {
-          if (batchId === "") batchId = `${a.loadId}.${p.cpu}.${p.seq}.b`;
-          batch.add({ kind: { $case: "event", value: event }, streamSeq: 0n });
-          index++;
-          a.events++;
-          continue;
-        }
-        const r = await this.publisher.publish(
-          subject,
-          api.WatchEventsResponse.encode({ kind: { $case: "event", value: event }, streamSeq: 0n }).finish(),
-          `${guest}.${a.probe}.${a.loadId}.${p.cpu}.${p.seq}.${index}`,
-        );
-        t.stored.push(r.stored);
-        index++;
-        a.events++;
-      }
-    }
-    if (batch !== undefined && batch.count > 0) {
-      const { data: bytes, headers } = batch.finish();
-      const r = await this.publisher.publish(subject, bytes, batchId, headers);
-      for (const t of taken.values()) t.stored.push(r.stored);
+      if (a.bulk) this.takeBulkPage(a, c, p, verdict.pagesLost, t);
+      else await this.publishUrgentPage(a, c, p, verdict.pagesLost, receivedUnixNs, subject, t.stored);
     }
     for (const [cpu, t] of taken) {
+      if (t.keep.length > 0) {
+        const sp: bus.StoredPages = { guest, probe: a.probe, cpu, receivedUnixNs, spec: a.spec, loaded: a.loaded, pages: t.keep };
+        const h = natsHeaders();
+        h.set(PAGES_HEADER, String(t.events));
+        const first = t.keep[0]!.seq;
+        const r = await this.publisher.publish(subject, bus.StoredPages.encode(sp).finish(), `${guest}.${a.probe}.${a.loadId}.${cpu}.${first}-${t.last}.p`, h);
+        t.stored.push(r.stored);
+      }
       this.cursor(a, cpu, undefined).whenStored(t.last, Promise.all(t.stored).then(() => undefined), (ok) => {
         if (ok) this.dueAck(a, cpu, msgSeq, false);
         else this.warn(`${guest}/store`, { guest, probe: a.probe, cpu }, "events not stored: the guest sends those pages again");
       });
+    }
+  }
+
+  /**
+   * A bulk page: every record checked (scan), the losses counted, the page kept as it
+   * is for the stored-pages record (readers decode it; the listener builds no events).
+   */
+  private takeBulkPage(a: Attachment, c: GuestCounters, p: ring.RawPage, pagesLost: bigint, t: { keep: bus.StoredPage[]; events: number }): void {
+    let scan: PageScan;
+    try {
+      scan = a.decoder.scan(p.page);
+    } catch (err) {
+      // Shorter than a page header: not kept (counted), but a loss before it still is.
+      c.badPages++;
+      this.warn(`${a.guest}/badpage`, { guest: a.guest, probe: a.probe, cpu: p.cpu, err: (err as Error).message, dropped: c.badPages }, "dropping undecodable page");
+      if (pagesLost > 0n) t.keep.push({ seq: p.seq, data: Buffer.alloc(0), pagesLostBefore: pagesLost });
+      return;
+    }
+    if (scan.bad > 0) {
+      c.badPages++;
+      this.warn(`${a.guest}/badpage`, { guest: a.guest, probe: a.probe, cpu: p.cpu, bad: scan.bad, first: scan.firstError }, "page had bad records");
+    }
+    if (scan.missedEvents > 0) a.kernelLost += BigInt(scan.missedEvents);
+    a.events += scan.events;
+    t.events += scan.events;
+    t.keep.push({ seq: p.seq, data: p.page, pagesLostBefore: pagesLost });
+  }
+
+  /** An urgent page: decoded here, one stream record per event (and per loss), at once. */
+  private async publishUrgentPage(
+    a: Attachment,
+    c: GuestCounters,
+    p: ring.RawPage,
+    pagesLost: bigint,
+    receivedUnixNs: bigint,
+    subject: string,
+    stored: Promise<void>[],
+  ): Promise<void> {
+    const guest = a.guest;
+    let comms = this.comms.get(guest);
+    if (comms === undefined) this.comms.set(guest, (comms = new CommCache()));
+    let page: DecodedPage;
+    try {
+      page = a.decoder.decode(p.page);
+    } catch (err) {
+      // A page too short for its header, or not a page at all: dropped and counted (and
+      // acked: it is handled). A loss before it is still reported.
+      c.badPages++;
+      this.warn(`${guest}/badpage`, { guest, probe: a.probe, cpu: p.cpu, err: (err as Error).message, dropped: c.badPages }, "dropping undecodable page");
+      page = { timestamp: 0n, events: [], missedEvents: 0, errors: [] };
+    }
+    if (page.errors.length > 0) {
+      c.badPages++;
+      this.warn(`${guest}/badpage`, { guest, probe: a.probe, cpu: p.cpu, errors: page.errors.slice(0, 3) }, "page had bad records");
+    }
+    const kernelLost = page.missedEvents > 0 ? BigInt(page.missedEvents) : 0n;
+    const unknownLoss = page.missedEvents < 0;
+    if (pagesLost > 0n || kernelLost > 0n || unknownLoss) {
+      a.kernelLost += kernelLost;
+      const loss: api.Loss = { guest, probe: a.probe, cpu: p.cpu, kernelLost: unknownLoss ? 1n : kernelLost, pagesLost };
+      const r = await this.publisher.publish(
+        subject,
+        api.WatchEventsResponse.encode({ kind: { $case: "loss", value: loss }, streamSeq: 0n }).finish(),
+        `${guest}.${a.probe}.${a.loadId}.${p.cpu}.${p.seq}.loss`,
+      );
+      stored.push(r.stored);
+    }
+    const ctx = { guest, probe: a.probe, cpu: p.cpu, pageSeq: p.seq, receivedUnixNs };
+    let index = 0;
+    for (const ev of page.events) {
+      const event = toApiEvent(ev, index, index === 0 ? kernelLost : 0n, ctx, comms);
+      const r = await this.publisher.publish(
+        subject,
+        api.WatchEventsResponse.encode({ kind: { $case: "event", value: event }, streamSeq: 0n }).finish(),
+        `${guest}.${a.probe}.${a.loadId}.${p.cpu}.${p.seq}.${index}`,
+      );
+      stored.push(r.stored);
+      index++;
+      a.events++;
     }
   }
 

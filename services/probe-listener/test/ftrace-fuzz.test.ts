@@ -142,6 +142,42 @@ describe("ftrace decoder: arbitrary input", () => {
     );
   });
 
+  it("scan agrees with decode on every page: same events, same losses, a problem exactly when decode has a structural one", () => {
+    const agree = (page: Uint8Array): void => {
+      let d: ReturnType<typeof decoder.decode> | undefined;
+      let s: ReturnType<typeof decoder.scan> | undefined;
+      onlyFrameError(() => (d = decoder.decode(page)));
+      onlyFrameError(() => (s = decoder.scan(page)));
+      assert.equal(d === undefined, s === undefined, "both refuse the same pages");
+      if (d === undefined || s === undefined) return;
+      assert.equal(s.events, d.events.length);
+      assert.equal(s.missedEvents, d.missedEvents);
+      // decode also reports bad fields inside good records; scan checks records only.
+      const structural = d.errors.filter((e) => !/field .* points outside the record/.test(e));
+      assert.equal(s.bad > 0, structural.length > 0, `scan ${s.bad} (${s.firstError}) vs decode ${structural.join("; ")}`);
+    };
+    fc.assert(
+      fc.property(
+        fc.nat(),
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 40 }),
+        fc.nat({ max: 4200 }),
+        fc.nat({ max: 3 }),
+        (which, edits, cut, shift) => {
+          const page = Buffer.from(realPages[which % realPages.length]!);
+          for (const [at, v] of edits) page[at % page.length] = v;
+          agree(page);
+          agree(page.subarray(0, Math.min(cut, page.length)));
+          // a page at an unaligned offset (scan copies it to align)
+          const odd = Buffer.alloc(page.length + shift);
+          page.copy(odd, shift);
+          agree(odd.subarray(shift));
+        },
+      ),
+      { numRuns: RUNS },
+    );
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 8192 }), (bytes) => agree(bytes)), { numRuns: RUNS });
+  });
+
   it("arbitrary and mutated format texts parse or throw FrameError; what parses decodes safely", () => {
     fc.assert(
       fc.property(

@@ -11,6 +11,7 @@ import path from "node:path";
 import { PROBE_NAME_RE, ring, validateProbeSpec } from "@vesper/protocol";
 import { errnoOf, messageOf, ProbeError } from "./errors.js";
 import { appendText, exists, isErrno, readTextOr, sleep, writeText } from "./fsutil.js";
+import { parsePageLayout, type PageLayout } from "./page-layout.js";
 import { readPages, type PageRead, type ReadMode } from "./pages.js";
 import type { Tracefs } from "./tracefs.js";
 
@@ -43,6 +44,8 @@ interface ProbeState {
   readonly enabled: EventRef[];
   cpus: number[];
   pageSize: number;
+  /** From events/header_page; undefined if it could not be read (pages then go whole). */
+  layout: PageLayout | undefined;
   readonly abort: AbortController;
 }
 
@@ -102,6 +105,11 @@ export class ProbeEngine {
 
   instanceDir(probe: string): string {
     return this.tracefs.instanceDir(probe);
+  }
+
+  /** Where a loaded probe's pages keep their commit word and data (to ship only what they hold). */
+  pageLayout(probe: string): PageLayout | undefined {
+    return this.probes.get(probe)?.layout;
   }
 
   load(spec: ring.ProbeSpec): Promise<ring.LoadedProbe> {
@@ -206,6 +214,7 @@ export class ProbeEngine {
       enabled: [],
       cpus: [],
       pageSize: 4096,
+      layout: undefined,
       abort: new AbortController(),
     };
     try {
@@ -249,6 +258,7 @@ export class ProbeEngine {
       const headerPage =
         (await readTextOr(path.join(dir, "events", "header_page"), "")) || (await readTextOr(tf.path("events", "header_page"), ""));
       st.pageSize = await tf.pageSize(dir);
+      st.layout = parsePageLayout(headerPage);
       st.cpus = await tf.cpus(dir);
       if (st.cpus.length === 0) throw new ProbeError(R.RESULT_CODE_INTERNAL, `tracefs instance ${instance} has no per_cpu buffers`);
 
@@ -373,6 +383,9 @@ export class ProbeEngine {
       enabled,
       cpus: await tf.cpus(dir),
       pageSize: await tf.pageSize(dir),
+      layout: parsePageLayout(
+        (await readTextOr(path.join(dir, "events", "header_page"), "")) || (await readTextOr(tf.path("events", "header_page"), "")),
+      ),
       abort: new AbortController(),
     };
     this.probes.set(probe, st);

@@ -17,11 +17,25 @@ import fs from "node:fs";
 import path from "node:path";
 import { closeFd, openFd, readFd, sleep } from "./fsutil.js";
 import { errnoOf } from "./errors.js";
+import { usedBytes, type PageLayout } from "./page-layout.js";
 
 export interface PageRead {
   cpu: number;
-  /** Exactly what read() returned: normally one whole page. */
+  /** One page as read (cut after what it holds when the layout is known). */
   page: Buffer;
+}
+
+/**
+ * Consecutive pages read in one go, back to back in `data`: every page but the last
+ * is pageSize bytes (as the kernel gave it), the last is cut after the bytes it holds
+ * when `layout` is known (header, committed events, stored missed-events count).
+ */
+export interface RunRead {
+  cpu: number;
+  count: number;
+  pageSize: number;
+  lastLength: number;
+  data: Buffer;
 }
 
 export type ReadMode = "urgent" | "bulk";
@@ -49,9 +63,14 @@ export interface ReadPagesOptions {
   maxPagesPerFlush?: number;
   /** After abort, how long a blocked read may take to return by itself before its fd is closed. Default 25 ms. */
   wakeGraceMs?: number;
-  /** readPageBatches, bulk: most pages per batch (one ProbeData frame). Default 32 (128 KiB of 4 KiB pages). */
+  /** Bulk: most pages per readv(2), i.e. per run. Default 32 (128 KiB of 4 KiB pages). */
   maxPagesPerBatch?: number;
+  /** The page header layout (events/header_page): with it, pages are cut to the bytes they hold. */
+  layout?: PageLayout;
 }
+
+/** A page with more free space than this was not full: the writer is still on it. */
+const PARTIAL_PAGE_SLACK = 512;
 
 export function traceRawPath(instanceDir: string, cpu: number): string {
   return path.join(instanceDir, "per_cpu", `cpu${cpu}`, "trace_pipe_raw");
@@ -103,15 +122,15 @@ class RawFile {
   }
 
   /**
-   * Non-blocking fds only (bulk mode): read(2) on this thread, no pool-thread round trip
+   * Non-blocking fds only (bulk mode): readv(2) on this thread, no pool-thread round trip
    * (a round trip costs more than the read itself, under TCG about a millisecond).
    * Same results as read().
    */
-  readSync(buf: Buffer): number {
+  readvSync(bufs: Buffer[]): number {
     const fd = this.fd;
     if (fd === undefined) return 0;
     try {
-      return fs.readSync(fd, buf, 0, buf.length, null);
+      return fs.readvSync(fd, bufs);
     } catch (err) {
       const code = errnoOf(err);
       if (code === "EAGAIN" || code === "EWOULDBLOCK" || code === "EINTR") return -1;
@@ -146,75 +165,74 @@ class RawFile {
   }
 }
 
-/**
- * Pages of one CPU of one instance, until the signal aborts. Each yielded page is
- * a fresh Buffer (never reused).
- */
+/** Pages of one CPU of one instance, one by one, until the signal aborts. */
 export async function* readPages(
   instanceDir: string,
   cpu: number,
   mode: ReadMode,
   opts: ReadPagesOptions,
 ): AsyncGenerator<PageRead, void, undefined> {
-  const { signal } = opts;
-  if (signal.aborted) return;
-  const flags = fs.constants.O_RDONLY | (mode === "bulk" ? fs.constants.O_NONBLOCK : 0);
-  const raw = new RawFile(traceRawPath(instanceDir, cpu), flags, signal, opts.wakeGraceMs ?? 25);
-  const onAbort = (): void => raw.abort();
-  signal.addEventListener("abort", onAbort, { once: true });
-  try {
-    if (!(await raw.open())) return;
-    if (mode === "urgent") yield* urgentLoop(raw, cpu, opts);
-    else for await (const batch of bulkLoop(raw, cpu, opts)) yield* batch;
-  } finally {
-    signal.removeEventListener("abort", onAbort);
-    await raw.close();
+  for await (const r of readPageRuns(instanceDir, cpu, mode, opts)) {
+    for (let i = 0; i < r.count; i++) {
+      const end = i < r.count - 1 ? (i + 1) * r.pageSize : (r.count - 1) * r.pageSize + r.lastLength;
+      yield { cpu, page: r.data.subarray(i * r.pageSize, end) };
+    }
   }
 }
 
 /**
- * Like readPages, but bulk mode yields the pages of one drain in batches (of at most
- * maxPagesPerBatch), so a transport can ship several pages per message; urgent mode
- * yields one-page batches.
+ * Pages of one CPU of one instance in runs, until the signal aborts: urgent mode
+ * yields each page as it is read (a run of one), bulk mode the pages of one
+ * readv(2) (at most maxPagesPerBatch).
  */
-export async function* readPageBatches(
+export async function* readPageRuns(
   instanceDir: string,
   cpu: number,
   mode: ReadMode,
   opts: ReadPagesOptions,
-): AsyncGenerator<PageRead[], void, undefined> {
+): AsyncGenerator<RunRead, void, undefined> {
   const { signal } = opts;
   if (signal.aborted) return;
-  const flags = fs.constants.O_RDONLY | (mode === "bulk" ? fs.constants.O_NONBLOCK : 0);
-  const raw = new RawFile(traceRawPath(instanceDir, cpu), flags, signal, opts.wakeGraceMs ?? 25);
-  const onAbort = (): void => raw.abort();
+  const file = traceRawPath(instanceDir, cpu);
+  const grace = opts.wakeGraceMs ?? 25;
+  // Both modes wait for data in a blocking read (no CPU at all while nothing happens);
+  // bulk mode then drains through a second, non-blocking file.
+  const raw = new RawFile(file, fs.constants.O_RDONLY, signal, grace);
+  const drain = mode === "bulk" ? new RawFile(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK, signal, grace) : undefined;
+  const onAbort = (): void => {
+    raw.abort();
+    drain?.abort();
+  };
   signal.addEventListener("abort", onAbort, { once: true });
   try {
     if (!(await raw.open())) return;
-    if (mode === "urgent") for await (const p of urgentLoop(raw, cpu, opts)) yield [p];
-    else yield* bulkLoop(raw, cpu, opts);
+    if (drain === undefined) yield* urgentLoop(raw, cpu, opts);
+    else if (await drain.open()) yield* bulkLoop(raw, drain, cpu, opts);
   } finally {
     signal.removeEventListener("abort", onAbort);
     await raw.close();
+    await drain?.close();
   }
 }
 
-async function* urgentLoop(raw: RawFile, cpu: number, opts: ReadPagesOptions): AsyncGenerator<PageRead, void, undefined> {
+async function* urgentLoop(raw: RawFile, cpu: number, opts: ReadPagesOptions): AsyncGenerator<RunRead, void, undefined> {
   const { signal, pageSize } = opts;
   const batchDelay = opts.minBatchDelayMs ?? 0;
   const adaptive: { windowMs: number; delayMs: number } | false =
     opts.minBatchDelayMs === undefined && opts.adaptiveBatch !== false ? (opts.adaptiveBatch ?? { windowMs: 20, delayMs: 10 }) : false;
   let lastDataAt = -Infinity;
   let emptyReads = 0;
+  // One read buffer; what a page holds is copied out (usually a few dozen bytes: pooled).
+  const buf = Buffer.allocUnsafe(pageSize);
   while (!signal.aborted) {
-    const buf = Buffer.allocUnsafe(pageSize);
     const n = await raw.read(buf);
     if (n > 0) {
       emptyReads = 0;
       const now = performance.now();
       const busyDelay = adaptive !== false && now - lastDataAt < adaptive.windowMs ? adaptive.delayMs : 0;
       lastDataAt = now;
-      yield { cpu, page: n === buf.length ? buf : buf.subarray(0, n) };
+      const used = usedBytes(buf, 0, n, opts.layout);
+      yield { cpu, count: 1, pageSize, lastLength: used, data: Buffer.from(buf.subarray(0, used)) };
       if (batchDelay > 0) await sleep(batchDelay, signal);
       else if (busyDelay > 0) await sleep(busyDelay, signal);
       continue;
@@ -229,33 +247,76 @@ async function* urgentLoop(raw: RawFile, cpu: number, opts: ReadPagesOptions): A
   }
 }
 
-async function* bulkLoop(raw: RawFile, cpu: number, opts: ReadPagesOptions): AsyncGenerator<PageRead[], void, undefined> {
+async function* bulkLoop(wake: RawFile, drain: RawFile, cpu: number, opts: ReadPagesOptions): AsyncGenerator<RunRead, void, undefined> {
   const { signal, pageSize } = opts;
   const maxPages = opts.maxPagesPerFlush ?? 1024;
   const perBatch = Math.max(1, opts.maxPagesPerBatch ?? 32);
   const interval = Math.max(1, opts.flushIntervalMs);
-  while (!signal.aborted) {
-    await sleep(interval, signal);
-    // Full pages come out first; the page the writer is on comes last (partly filled).
-    // The fd is non-blocking: read on this thread until EAGAIN, in batches.
-    let batch: PageRead[] = [];
-    let reopen = false;
-    for (let i = 0; i < maxPages && !signal.aborted; i++) {
-      const buf = Buffer.allocUnsafe(pageSize);
-      const n = raw.readSync(buf);
-      if (n < 0) break; // EAGAIN: drained
-      if (n === 0) {
-        // Flushed file (see above) returns EOF instead of EAGAIN: reopen, drain next tick.
-        reopen = true;
-        break;
-      }
-      batch.push({ cpu, page: n === buf.length ? buf : buf.subarray(0, n) });
-      if (batch.length >= perBatch) {
-        yield batch;
-        batch = [];
-      }
+  // A batch's buffer, made only once the last one went out with its pages.
+  let buf: Buffer | undefined;
+  let iov: Buffer[] = [];
+  const fresh = (): Buffer => {
+    if (buf === undefined) {
+      buf = Buffer.allocUnsafeSlow(perBatch * pageSize);
+      iov = [];
+      for (let i = 0; i < perBatch; i++) iov.push(buf.subarray(i * pageSize, (i + 1) * pageSize));
     }
-    if (batch.length > 0) yield batch;
-    if (reopen && !signal.aborted && !(await raw.reopen())) return;
+    return buf;
+  };
+  let emptyReads = 0;
+  while (!signal.aborted) {
+    // 1. Nothing to do until the first page: a blocking read on a pool thread.
+    fresh();
+    const n0 = await wake.read(iov[0]!);
+    if (signal.aborted) break;
+    if (n0 < 0) continue; // EINTR
+    if (n0 === 0) {
+      // EOF although nobody stopped us (tracing_on went 0, or the file was flushed): reopen.
+      emptyReads++;
+      if (emptyReads > 2) await sleep(Math.min(5 * 2 ** (emptyReads - 3), 200), signal);
+      if (!(await wake.reopen())) break;
+      continue;
+    }
+    emptyReads = 0;
+    // 2. Bulk: let the pages fill for the flush interval, then take them all.
+    await sleep(interval, signal);
+    if (signal.aborted) break;
+    // 3. Full pages come out first; the page the writer is on comes last (partly filled).
+    // readv(2): trace_pipe_raw has no read_iter, so the kernel serves each iovec with one
+    // page read and one system call brings a whole batch (from Node, under TCG, the call is
+    // what costs). The first batch starts with the page the blocking read got.
+    let pending = 1; // pages already in `buf`
+    if (n0 < pageSize) {
+      // A short read (not a whole page, unlike every kernel seen): it goes out alone.
+      const b = buf!;
+      buf = undefined;
+      yield { cpu, count: 1, pageSize, lastLength: usedBytes(b, 0, n0, opts.layout), data: b.subarray(0, usedBytes(b, 0, n0, opts.layout)) };
+      pending = 0;
+    }
+    let read = 0;
+    while (read < maxPages && !signal.aborted) {
+      const b = fresh();
+      const want = perBatch - pending;
+      let n = want > 0 ? drain.readvSync(pending === 0 ? iov : iov.slice(pending)) : 0;
+      if (n === 0 && want > 0) {
+        // The drain file was flushed (a child closed its copy): reopen, drain next time.
+        if (!(await drain.reopen())) return;
+        n = -1;
+      }
+      const got = n > 0 ? n : 0;
+      const total = pending * pageSize + got;
+      if (total === 0) break;
+      const count = Math.ceil(total / pageSize);
+      const lastOff = (count - 1) * pageSize;
+      const lastLength = usedBytes(b, lastOff, total - lastOff, opts.layout);
+      read += count;
+      buf = undefined; // the run keeps it until acknowledged
+      yield { cpu, count, pageSize, lastLength, data: b.subarray(0, lastOff + lastLength) };
+      pending = 0;
+      if (n < 0 || got < want * pageSize) break; // nothing more for now
+      // Once the writer's page is read, stop until next time: draining "until EAGAIN" never
+      // ends when the probe sees our own reads (raw_syscalls), each a page holding our last call.
+      if (opts.layout !== undefined && lastLength < pageSize - PARTIAL_PAGE_SLACK) break;
+    }
   }
 }

@@ -14,10 +14,11 @@ export interface GuestTransport {
    */
   send(kind: FrameKind, payload: Uint8Array): Promise<void>;
   /**
-   * Optional, byte-stream transports: sends a frame whose 8-byte header the caller has
-   * already written in front of the payload (saves a copy on the hot path).
+   * Optional, byte-stream transports: sends one frame given as parts whose
+   * concatenation is the frame, its 8-byte header first (written by the caller): the
+   * page bytes go out as they are, with no copy.
    */
-  sendFrame?(kind: FrameKind, frame: Buffer): Promise<void>;
+  sendParts?(kind: FrameKind, parts: readonly Buffer[]): Promise<void>;
   /** Host messages, one payload each, until close(). */
   incoming(): AsyncIterable<Uint8Array>;
   close(): Promise<void>;

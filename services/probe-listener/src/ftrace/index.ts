@@ -6,6 +6,6 @@
 export { parseEventFormat, type EventFormatDesc, type FieldFormat, type FieldKind } from "./format-parser.js";
 export { parseHeaderPage, type HeaderPageLayout } from "./header-page.js";
 export { cString, type FieldValue } from "./field-reader.js";
-export { PageDecoder, type DecodedEvent, type DecodedPage, type PageDecoderOptions } from "./page-decoder.js";
+export { PageDecoder, type DecodedEvent, type DecodedPage, type PageDecoderOptions, type PageScan } from "./page-decoder.js";
 export { decodeWaitStatus, addWaitStatusFields, WAIT_STATUS_FIELDS, type WaitStatus } from "./wait-status.js";
 export * as ftraceLimits from "./limits.js";
