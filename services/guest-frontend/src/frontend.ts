@@ -236,6 +236,11 @@ export class Frontend implements CommandHandler {
         if (r.done === true) break;
         const { count, pageSize, lastLength, data } = r.value;
         const run: OutRun = { firstSeq: w.nextSeq, count, pageSize, lastLength, data };
+        w.push(run);
+        // Out first (on the fast path the write happens right here), then into the spool:
+        // the spool's two writes stay off the path of an urgent event. Either order leaves
+        // a moment in which a killed frontend loses the page; this one is as short.
+        this.kick(rp, cpu);
         if (rp.spool !== undefined) {
           try {
             rp.spool.write(cpu, run);
@@ -244,8 +249,6 @@ export class Frontend implements CommandHandler {
             rp.spool = undefined;
           }
         }
-        w.push(run);
-        this.kick(rp, cpu);
       }
     } catch (err) {
       if (!signal.aborted) this.log.error({ probe, cpu, err: (err as Error).message }, "page reader failed");
