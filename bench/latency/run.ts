@@ -32,6 +32,10 @@ import { argOf, fmt, hasFlag, lineChart, machineLine, median, percentile, REPO_R
 const KILLS = Number(argOf("--kills", "200"));
 const WARMUP = Number(argOf("--warmup", "20"));
 const GAP_MS = Number(argOf("--gap-ms", "60"));
+/** vesper.node_flags for the guest frontend (the image's default is --jitless; "none" for V8's JIT). */
+const NODE_FLAGS = argOf("--node-flags", "") ?? "";
+/** --trace: the guest frontend logs each page's timing; the breakdown then splits the guest's part. */
+const TRACE = hasFlag("--trace");
 let natsUrl = "127.0.0.1:4222";
 const now = (): bigint => process.hrtime.bigint();
 const ms = (ns: bigint): number => Number(ns) / 1e6;
@@ -73,6 +77,7 @@ async function qemuPart(runDir: string, host: HostProcess, client: VesperApiClie
     name,
     runDir,
     extraArgs: ["-chardev", `socket,id=ch1,path=${benchSock},server=on,wait=off`, "-device", "virtserialport,chardev=ch1,name=org.vesper.bench"],
+    appendExtra: [...(NODE_FLAGS === "" ? [] : [`vesper.node_flags=${NODE_FLAGS}`]), ...(TRACE ? ["vesper.log_level=trace"] : [])],
   });
   try {
     console.log(`guest booted in ${guest.bootMs} ms`);
@@ -191,6 +196,15 @@ async function qemuPart(runDir: string, host: HostProcess, client: VesperApiClie
       pipeline.push(ms(e.at - (e.ts - off)));
     }
     await client.rmmod({ guest: name, probe: "process", flags: 0 }).catch(() => undefined);
+    let guestSplit = "";
+    if (TRACE) {
+      // The frontend's own timing of each page: tracepoint -> read() returned -> written to the port.
+      const log = (await guest.exec(`grep '"page run"' /tmp/frontend.log | tail -${KILLS * 2}`, { timeoutMs: 60_000 })).output;
+      const rows = [...log.matchAll(/"kernelToReadUs":([0-9.]+),"readToSentUs":([0-9.]+)/g)].map((m) => [Number(m[1]) / 1000, Number(m[2]) / 1000]);
+      if (rows.length > 0) {
+        guestSplit = `; inside the guest (frontend's own clock, ${rows.length} pages): tracepoint→read() returned ${median(rows.map((r) => r[0]!)).toFixed(2)}, →written to the port ${median(rows.map((r) => r[1]!)).toFixed(2)}`;
+      }
+    }
     return {
       name: "virtio-serial (QEMU TCG guest)",
       raw,
@@ -202,7 +216,7 @@ async function qemuPart(runDir: string, host: HostProcess, client: VesperApiClie
         `Breakdown (medians, ms): kill→exit tracepoint ${median(breakdown.map((b) => b[0]!)).toFixed(2)}, ` +
         `tracepoint→data frame on NATS (guest frontend + virtio-serial + bridge) ${median(breakdown.map((b) => b[1]!)).toFixed(2)}, ` +
         `→event published by the listener ${median(breakdown.map((b) => b[2]!)).toFixed(2)}, ` +
-        `→gRPC watcher (JetStream + gateway + gRPC) ${median(breakdown.map((b) => b[3]!)).toFixed(2)}`,
+        `→gRPC watcher (JetStream + gateway + gRPC) ${median(breakdown.map((b) => b[3]!)).toFixed(2)}${guestSplit}`,
     };
   } finally {
     if (hasFlag("--frontend-log")) console.log((await guest.exec("tail -60 /tmp/frontend.log").catch(() => ({ output: "" }))).output);
@@ -287,7 +301,12 @@ async function main(): Promise<void> {
   );
   const nats = await startNats(runDir);
   natsUrl = nats.url;
-  const host = await HostProcess.start({ runDir, probeDir, extraArgs: ["--nats", nats.url] });
+  // --split: each host service in its own process (the default is all in one, as a single host runs them).
+  const split = hasFlag("--split");
+  const host = await HostProcess.start({ runDir, probeDir, extraArgs: ["--nats", nats.url], ...(split ? { services: ["loader", "gateway"] } : {}) });
+  const others = split
+    ? await Promise.all(["listener", "bridge"].map((s) => HostProcess.start({ runDir, probeDir, services: [s], extraArgs: ["--nats", nats.url] })))
+    : [];
   const client = new VesperApiClient(host.address!, { timeoutMs: 60_000 });
   const parts: PartResult[] = [];
   try {
@@ -295,6 +314,7 @@ async function main(): Promise<void> {
     if (!hasFlag("--no-nats")) parts.push(await natsPart(runDir, client));
   } finally {
     client.close();
+    for (const o of others) await o.stop();
     await host.stop();
     await nats.stop();
   }

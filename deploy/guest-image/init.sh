@@ -6,6 +6,7 @@
 #   vesper.services=a,b      services to start; known: httpd (busybox httpd on :80 serving /www)
 #   vesper.debug=1           frontend stdout/stderr to /dev/ttyS0 instead of /tmp/frontend.log
 #   vesper.frontend=0        do not start the guest frontend (fixture capture, debugging)
+#   vesper.log_level=L       the frontend's log level (VESPER_LOG_LEVEL; trace adds per-page timing)
 #   vesper.node_flags=F,G    flags for the frontend's node (default --jitless; "none" for none).
 #                            Under TCG emulation V8's JIT costs far more guest CPU than it saves
 #                            for an agent that mostly moves pages; on KVM, JIT is fine.
@@ -32,6 +33,7 @@ SERVICES=
 DEBUG=0
 FRONTEND=1
 NODE_FLAGS=--jitless
+LOG_LEVEL=info
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     vesper.guest=*) GUEST="${arg#vesper.guest=}" ;;
@@ -39,6 +41,7 @@ for arg in $(cat /proc/cmdline); do
     vesper.debug=*) DEBUG="${arg#vesper.debug=}" ;;
     vesper.frontend=*) FRONTEND="${arg#vesper.frontend=}" ;;
     vesper.node_flags=*) NODE_FLAGS=$(echo "${arg#vesper.node_flags=}" | tr , ' ') ;;
+    vesper.log_level=*) LOG_LEVEL="${arg#vesper.log_level=}" ;;
   esac
 done
 echo "$GUEST" >/run/vesper-guest
@@ -104,7 +107,7 @@ if [ "$FRONTEND" != 0 ] && [ -f /vesper/guest-frontend.mjs ]; then
     while :; do
       [ "$NODE_FLAGS" = none ] && NODE_FLAGS=
       # shellcheck disable=SC2086 # NODE_FLAGS is a list of words
-      UV_THREADPOOL_SIZE=64 node $NODE_FLAGS /vesper/guest-frontend.mjs --guest-id "$GUEST" --transport virtio-serial \
+      VESPER_LOG_LEVEL=$LOG_LEVEL UV_THREADPOOL_SIZE=64 node $NODE_FLAGS /vesper/guest-frontend.mjs --guest-id "$GUEST" --transport virtio-serial \
         </dev/null >>"$FLOG" 2>&1 &
       pid=$!
       echo -1000 >/proc/$pid/oom_score_adj 2>/dev/null

@@ -13,7 +13,7 @@ import { ErrorCode, isVesperError, ring, type Logger } from "@vesper/protocol";
 import type { CommandHandler, RingClient } from "./ring-client.js";
 import { SendWindow, type OutRun } from "./send-window.js";
 import { ProbeSpool, type RecoveredSpool } from "./spool.js";
-import { ProbeError, readPageRuns, type ProbeEngine, type RunRead, type Tracefs } from "./tracefs/index.js";
+import { ProbeError, readPageRuns, startUrgentReader, type ProbeEngine, type RunRead, type Tracefs, type UrgentReader } from "./tracefs/index.js";
 
 const AGENT_VERSION = "0.2.0";
 
@@ -42,6 +42,8 @@ interface RunningProbe {
   readonly pumps: Promise<void>[];
   readonly windows: SendWindow[];
   readonly sending: boolean[];
+  /** Urgent mode: each CPU's reader (it waits for room when its window is full). */
+  readonly urgent: (UrgentReader | undefined)[];
   spool: ProbeSpool | undefined;
   pagesDropped: bigint;
 }
@@ -52,13 +54,17 @@ export class Frontend implements CommandHandler {
   private statsTimer: NodeJS.Timeout | undefined;
   private resendTimer: NodeJS.Timeout | undefined;
   private spoolWarned = false;
+  /** Per-run timing in the log at level trace (VESPER_LOG_LEVEL=trace): where an event's time goes. */
+  private readonly tracing: boolean;
 
   constructor(
     private readonly tracefs: Tracefs,
     private readonly engine: ProbeEngine,
     private readonly log: Logger,
     private readonly o: FrontendOptions,
-  ) {}
+  ) {
+    this.tracing = log.isLevelEnabled?.("trace") ?? false;
+  }
 
   attach(client: RingClient): void {
     this.client = client;
@@ -120,6 +126,7 @@ export class Frontend implements CommandHandler {
         ok = false;
         continue;
       }
+      if (w.hasRoom(1)) rp.urgent[c.cpu]?.resume();
       if (w.hasUnsent) this.kick(rp, c.cpu);
     }
     return ok;
@@ -200,7 +207,7 @@ export class Frontend implements CommandHandler {
     const abort = new AbortController();
     const mode = spec.delivery === ring.DeliveryMode.DELIVERY_MODE_BULK ? "bulk" : "urgent";
     const perBatch = Math.max(1, Math.min(this.o.maxPagesPerMessage, this.o.windowPages));
-    const rp: RunningProbe = { spec, loadId, abort, stopped: false, pumps: [], windows: [], sending: [], spool, pagesDropped: 0n };
+    const rp: RunningProbe = { spec, loadId, abort, stopped: false, pumps: [], windows: [], sending: [], urgent: [], spool, pagesDropped: 0n };
     for (let cpu = 0; cpu < cpus; cpu++) {
       const old = resend.get(cpu) ?? [];
       // After a restart the host holds at least everything before the oldest spooled page.
@@ -211,16 +218,98 @@ export class Frontend implements CommandHandler {
     }
     this.running.set(spec.name, rp);
     for (let cpu = 0; cpu < cpus; cpu++) {
-      const runs = readPageRuns(this.engine.instanceDir(spec.name), cpu, mode, {
+      const opts = {
         signal: abort.signal,
         flushIntervalMs: spec.flushIntervalMs,
         pageSize,
         maxPagesPerBatch: perBatch,
         layout: this.engine.pageLayout(spec.name),
-      });
-      rp.pumps.push(this.pump(spec.name, cpu, runs, rp, perBatch));
+      };
+      const dir = this.engine.instanceDir(spec.name);
+      if (mode === "urgent") rp.pumps.push(this.urgentPump(spec.name, dir, cpu, rp, opts));
+      else rp.pumps.push(this.pump(spec.name, cpu, readPageRuns(dir, cpu, mode, opts), rp, perBatch));
       if (rp.windows[cpu]!.hasUnsent) this.kick(rp, cpu);
     }
+  }
+
+  /** Urgent mode: every page goes from the read's callback to the channel, synchronously when it can. */
+  private async urgentPump(probe: string, dir: string, cpu: number, rp: RunningProbe, opts: Parameters<typeof startUrgentReader>[2]): Promise<void> {
+    try {
+      const reader = await startUrgentReader(dir, cpu, opts, (r) => this.take(rp, cpu, r));
+      if (reader === undefined) return;
+      rp.urgent[cpu] = reader;
+      await reader.done;
+    } catch (err) {
+      if (!rp.abort.signal.aborted) this.log.error({ probe, cpu, err: (err as Error).message }, "page reader failed");
+    }
+  }
+
+  /** A run read from the kernel: into the window, out, into the spool. False: the window is full. */
+  private take(rp: RunningProbe, cpu: number, r: RunRead): boolean {
+    const w = rp.windows[cpu]!;
+    const run: OutRun = { firstSeq: w.nextSeq, count: r.count, pageSize: r.pageSize, lastLength: r.lastLength, data: r.data };
+    w.push(run);
+    const readAt = this.tracing ? process.hrtime.bigint() : 0n;
+    this.sendNow(rp, cpu);
+    if (this.tracing) this.trace(rp.spec.name, cpu, run, readAt);
+    // Out first, then into the spool: its two writes stay off the path of an urgent event.
+    // Either order leaves a moment in which a killed frontend loses the page; this one is as short.
+    if (rp.spool !== undefined) {
+      try {
+        rp.spool.write(cpu, run);
+      } catch (err) {
+        this.warnSpool(err);
+        rp.spool = undefined;
+      }
+    }
+    return w.hasRoom(1);
+  }
+
+  /** What the window has unsent goes out now if the transport can take it without waiting; else the async sender does it. */
+  private sendNow(rp: RunningProbe, cpu: number): void {
+    const client = this.client;
+    if (rp.sending[cpu] === true || rp.stopped || client === undefined) return;
+    const w = rp.windows[cpu]!;
+    this.armStallCheck();
+    while (w.hasUnsent) {
+      const runs = w.take(this.o.maxPagesPerMessage, this.o.maxMessageBytes);
+      let sent = false;
+      try {
+        sent = client.trySendDataNow(this.dataMessage(rp, cpu, runs));
+      } catch (err) {
+        w.unsend(runs);
+        this.log.warn({ probe: rp.spec.name, cpu, err: (err as Error).message }, "could not send pages; they go out again later");
+        return;
+      }
+      if (!sent) {
+        if (this.tracing) this.log.trace({ probe: rp.spec.name, cpu }, "channel busy: sending asynchronously");
+        w.unsend(runs);
+        this.kick(rp, cpu);
+        return;
+      }
+    }
+  }
+
+  private dataMessage(rp: RunningProbe, cpu: number, runs: readonly OutRun[]): Parameters<RingClient["sendData"]>[0] {
+    return {
+      probe: rp.spec.name,
+      loadId: rp.loadId,
+      runs: runs.map((r) => ({ cpu, firstSeq: r.firstSeq, count: r.count, pageSize: r.pageSize, lastLength: r.lastLength, data: r.data })),
+      acked: [{ cpu, seq: rp.windows[cpu]!.acked }],
+    };
+  }
+
+  private trace(probe: string, cpu: number, run: OutRun, readAt: bigint): void {
+    const data = run.data;
+    // Page header timestamp (trace clock mono = hrtime's clock) plus the first record's
+    // delta (a time-extend record first: its two words make the delta): kernel -> read -> sent.
+    let ts = data.length >= 20 ? data.readBigUInt64LE(0) : 0n;
+    if (data.length >= 20) {
+      const hdr = data.readUInt32LE(16);
+      if ((hdr & 31) === 30 && data.length >= 24) ts += (BigInt(data.readUInt32LE(20)) << 27n) | BigInt(hdr >>> 5);
+      else ts += BigInt(hdr >>> 5);
+    }
+    this.log.trace({ probe, cpu, seq: run.firstSeq, pages: run.count, kernelToReadUs: Number(readAt - ts) / 1e3, readToSentUs: Number(process.hrtime.bigint() - readAt) / 1e3 }, "page run");
   }
 
   private async pump(probe: string, cpu: number, runs: AsyncIterable<RunRead>, rp: RunningProbe, perBatch: number): Promise<void> {
@@ -234,21 +323,7 @@ export class Frontend implements CommandHandler {
         if (signal.aborted) break;
         const r = await it.next();
         if (r.done === true) break;
-        const { count, pageSize, lastLength, data } = r.value;
-        const run: OutRun = { firstSeq: w.nextSeq, count, pageSize, lastLength, data };
-        w.push(run);
-        // Out first (on the fast path the write happens right here), then into the spool:
-        // the spool's two writes stay off the path of an urgent event. Either order leaves
-        // a moment in which a killed frontend loses the page; this one is as short.
-        this.kick(rp, cpu);
-        if (rp.spool !== undefined) {
-          try {
-            rp.spool.write(cpu, run);
-          } catch (err) {
-            this.warnSpool(err);
-            rp.spool = undefined;
-          }
-        }
+        this.take(rp, cpu, r.value);
       }
     } catch (err) {
       if (!signal.aborted) this.log.error({ probe, cpu, err: (err as Error).message }, "page reader failed");
@@ -275,12 +350,7 @@ export class Frontend implements CommandHandler {
       // Whatever came in while the last message was being written goes out together.
       const runs = w.take(this.o.maxPagesPerMessage, this.o.maxMessageBytes);
       try {
-        await client.sendData({
-          probe: rp.spec.name,
-          loadId: rp.loadId,
-          runs: runs.map((r) => ({ cpu, firstSeq: r.firstSeq, count: r.count, pageSize: r.pageSize, lastLength: r.lastLength, data: r.data })),
-          acked: [{ cpu, seq: w.acked }],
-        });
+        await client.sendData(this.dataMessage(rp, cpu, runs));
       } catch (err) {
         w.unsend(runs);
         this.log.warn({ probe: rp.spec.name, cpu, err: (err as Error).message }, "could not send pages; they go out again later");

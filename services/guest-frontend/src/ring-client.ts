@@ -106,6 +106,20 @@ export class RingClient {
     else await t.send(FrameKind.Data, parts.length === 1 ? parts[0]! : Buffer.concat(parts));
   }
 
+  /**
+   * Sends a data message now if the transport can without waiting (the urgent path);
+   * false when it cannot (then use sendData). Throws what the write throws.
+   */
+  trySendDataNow(data: DataMessage): boolean {
+    const t = this.transport;
+    if (t.trySendNow === undefined) return false;
+    const parts = encodeDataMessage(PROTOCOL_VERSION, this.opts.guestId, this.seq + 1n, data.probe, data.loadId, data.acked, data.runs, t.framed === true);
+    if (!t.trySendNow(FrameKind.Data, parts)) return false;
+    this.seq++;
+    this.stats.dataMessages++;
+    return true;
+  }
+
   async sendStats(stats: ring.ProbeStats): Promise<void> {
     await this.transport.send(FrameKind.Control, this.encode({ $case: "stats", value: stats }));
   }

@@ -47,6 +47,7 @@ interface Attachment {
   ackResend: boolean;
   ackReplyTo: bigint;
   ackScheduled: boolean;
+  ackTimer: NodeJS.Timeout | undefined;
   /** Bulk probes: pages are stored as they are (bus.StoredPages), not decoded here. */
   readonly bulk: boolean;
   readonly spec: ring.ProbeSpec;
@@ -88,6 +89,8 @@ export interface ProbeListenerOptions {
    * Default 10 s.
    */
   gapTimeoutMs?: number;
+  /** Longest an ack waits for others to join it (default 20 ms); resend requests do not wait. */
+  ackDelayMs?: number;
 }
 
 /** A token bucket of bytes. */
@@ -202,6 +205,12 @@ export class ProbeListener {
   async stop(): Promise<void> {
     for (const s of this.subs) s.unsubscribe();
     await this.publisher.flush();
+    // What is stored is acknowledged now rather than resent by the guest later.
+    for (const a of this.attachments.values()) {
+      clearTimeout(a.ackTimer);
+      a.ackTimer = undefined;
+      this.sendAck(a);
+    }
   }
 
   counts(guest: string): GuestCounters {
@@ -235,6 +244,7 @@ export class ProbeListener {
       ackResend: false,
       ackReplyTo: 0n,
       ackScheduled: false,
+      ackTimer: undefined,
       bulk: spec.delivery === ring.DeliveryMode.DELIVERY_MODE_BULK,
       spec,
       loaded,
@@ -246,6 +256,7 @@ export class ProbeListener {
 
   detach(guest: string, probe: string): void {
     const a = this.attachments.get(`${guest}/${probe}`);
+    if (a !== undefined) clearTimeout(a.ackTimer);
     this.attachments.delete(`${guest}/${probe}`);
     this.o.log.info({ guest, probe, events: a?.events, kernelLost: String(a?.kernelLost ?? 0n) }, "stopped listening to probe");
   }
@@ -446,14 +457,29 @@ export class ProbeListener {
     return cur;
   }
 
-  /** Acks go out on the next tick, all due CPUs of the probe in one message. */
+  /**
+   * Acks are coalesced: all due CPUs of the probe in one message, at most every ackDelayMs
+   * (every ack wakes the guest, which under emulation costs it milliseconds; its window
+   * holds far more than that much data). A resend request goes out at once.
+   */
   private dueAck(a: Attachment, cpu: number, replyTo: bigint, resend: boolean): void {
     a.ackDue.add(cpu);
     if (resend) a.ackResend = true;
     if (replyTo > a.ackReplyTo) a.ackReplyTo = replyTo;
-    if (a.ackScheduled) return;
-    a.ackScheduled = true;
-    setImmediate(() => this.sendAck(a));
+    if (resend) {
+      clearTimeout(a.ackTimer);
+      a.ackTimer = undefined;
+      if (!a.ackScheduled) {
+        a.ackScheduled = true;
+        setImmediate(() => this.sendAck(a));
+      }
+      return;
+    }
+    if (a.ackScheduled || a.ackTimer !== undefined) return;
+    a.ackTimer = setTimeout(() => {
+      a.ackTimer = undefined;
+      this.sendAck(a);
+    }, this.o.ackDelayMs ?? 20);
   }
 
   private sendAck(a: Attachment): void {

@@ -121,6 +121,21 @@ class RawFile {
     }
   }
 
+  /** read() with a callback, no promise: `done` gets what read() would return. */
+  readCb(buf: Buffer, done: (n: number, err?: Error) => void): void {
+    const fd = this.fd;
+    if (fd === undefined) return done(0);
+    this.reading = true;
+    fs.read(fd, buf, 0, buf.length, null, (err, n) => {
+      this.reading = false;
+      if (err === null) return done(n);
+      const code = errnoOf(err);
+      if (code === "EAGAIN" || code === "EWOULDBLOCK" || code === "EINTR") return done(-1);
+      if (this.fd === undefined && (code === "EBADF" || code === undefined)) return done(0); // closed under us by abort()
+      done(0, err);
+    });
+  }
+
   /**
    * Non-blocking fds only (bulk mode): readv(2) on this thread, no pool-thread round trip
    * (a round trip costs more than the read itself, under TCG about a millisecond).
@@ -215,35 +230,143 @@ export async function* readPageRuns(
   }
 }
 
-async function* urgentLoop(raw: RawFile, cpu: number, opts: ReadPagesOptions): AsyncGenerator<RunRead, void, undefined> {
-  const { signal, pageSize } = opts;
-  const batchDelay = opts.minBatchDelayMs ?? 0;
-  const adaptive: { windowMs: number; delayMs: number } | false =
-    opts.minBatchDelayMs === undefined && opts.adaptiveBatch !== false ? (opts.adaptiveBatch ?? { windowMs: 20, delayMs: 10 }) : false;
-  let lastDataAt = -Infinity;
-  let emptyReads = 0;
+/**
+ * Urgent mode with no promise between the kernel and the transport: a blocking read on a
+ * pool thread whose callback hands the page over at once (under emulation every promise
+ * and microtask hop on that path costs the event time). `onRun` returns false when the
+ * consumer has no room: reading then waits for resume(). `done` settles when it ends.
+ */
+export class UrgentReader {
+  readonly done: Promise<void>;
+  private finish!: (err?: Error) => void;
+  private paused = false;
+  private pausedDelay = 0;
+  private lastDataAt = -Infinity;
+  private emptyReads = 0;
   // One read buffer; what a page holds is copied out (usually a few dozen bytes: pooled).
-  const buf = Buffer.allocUnsafe(pageSize);
-  while (!signal.aborted) {
-    const n = await raw.read(buf);
+  private readonly buf: Buffer;
+  private readonly batchDelay: number;
+  private readonly adaptive: { windowMs: number; delayMs: number } | false;
+
+  constructor(
+    private readonly raw: RawFile,
+    private readonly cpu: number,
+    private readonly opts: ReadPagesOptions,
+    private readonly onRun: (run: RunRead) => boolean,
+  ) {
+    this.done = new Promise<void>((resolve, reject) => {
+      this.finish = (err?: Error) => (err === undefined ? resolve() : reject(err));
+    });
+    this.buf = Buffer.allocUnsafe(opts.pageSize);
+    // A reader waiting for room has no read pending: the abort must end it.
+    opts.signal.addEventListener("abort", () => this.paused && this.finish(), { once: true });
+    this.batchDelay = opts.minBatchDelayMs ?? 0;
+    this.adaptive = opts.minBatchDelayMs === undefined && opts.adaptiveBatch !== false ? (opts.adaptiveBatch ?? { windowMs: 20, delayMs: 10 }) : false;
+  }
+
+  start(): void {
+    this.next();
+  }
+
+  /** The consumer has room again. */
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.after(this.pausedDelay);
+  }
+
+  private after(delay: number): void {
+    if (delay > 0) setTimeout(() => this.next(), delay);
+    else this.next();
+  }
+
+  private next(): void {
+    if (this.opts.signal.aborted) return this.finish();
+    this.raw.readCb(this.buf, (n, err) => this.onRead(n, err));
+  }
+
+  private onRead(n: number, err?: Error): void {
+    const { signal, pageSize } = this.opts;
+    if (err !== undefined) return this.finish(err);
+    if (signal.aborted) return this.finish();
     if (n > 0) {
-      emptyReads = 0;
+      this.emptyReads = 0;
       const now = performance.now();
-      const busyDelay = adaptive !== false && now - lastDataAt < adaptive.windowMs ? adaptive.delayMs : 0;
-      lastDataAt = now;
-      const used = usedBytes(buf, 0, n, opts.layout);
-      yield { cpu, count: 1, pageSize, lastLength: used, data: Buffer.from(buf.subarray(0, used)) };
-      if (batchDelay > 0) await sleep(batchDelay, signal);
-      else if (busyDelay > 0) await sleep(busyDelay, signal);
-      continue;
+      // Coalesce under load: a read right after another waits a little before the next one,
+      // so events of a busy spell share a page; the first event after a quiet spell goes at once.
+      const busy = this.adaptive !== false && now - this.lastDataAt < this.adaptive.windowMs ? this.adaptive.delayMs : 0;
+      this.lastDataAt = now;
+      const used = usedBytes(this.buf, 0, n, this.opts.layout);
+      const room = this.onRun({ cpu: this.cpu, count: 1, pageSize, lastLength: used, data: Buffer.from(this.buf.subarray(0, used)) });
+      const delay = this.batchDelay > 0 ? this.batchDelay : busy;
+      if (!room) {
+        this.paused = true;
+        this.pausedDelay = delay;
+        return;
+      }
+      return this.after(delay);
     }
-    if (signal.aborted) break;
-    if (n < 0) continue; // EINTR
+    if (n < 0) return this.next(); // EINTR
     // EOF although nobody stopped us: tracing_on went 0, or the file was flushed
     // (a child process closed its inherited copy). Reopen; back off if it repeats.
-    emptyReads++;
-    if (emptyReads > 2) await sleep(Math.min(5 * 2 ** (emptyReads - 3), 200), signal);
-    if (!(await raw.reopen())) break;
+    this.emptyReads++;
+    const wait = this.emptyReads > 2 ? Math.min(5 * 2 ** (this.emptyReads - 3), 200) : 0;
+    setTimeout(() => {
+      void this.raw.reopen().then(
+        (ok) => (ok ? this.next() : this.finish()),
+        (e: unknown) => this.finish(e as Error),
+      );
+    }, wait);
+  }
+}
+
+/** Opens a CPU's trace_pipe_raw for an UrgentReader; the reader ends (and closes it) at abort. */
+export async function startUrgentReader(instanceDir: string, cpu: number, opts: ReadPagesOptions, onRun: (run: RunRead) => boolean): Promise<UrgentReader | undefined> {
+  const { signal } = opts;
+  if (signal.aborted) return undefined;
+  const raw = new RawFile(traceRawPath(instanceDir, cpu), fs.constants.O_RDONLY, signal, opts.wakeGraceMs ?? 25);
+  const onAbort = (): void => raw.abort();
+  signal.addEventListener("abort", onAbort, { once: true });
+  if (!(await raw.open())) {
+    signal.removeEventListener("abort", onAbort);
+    return undefined;
+  }
+  const reader = new UrgentReader(raw, cpu, opts, onRun);
+  void reader.done.catch(() => undefined).finally(() => {
+    signal.removeEventListener("abort", onAbort);
+    void raw.close();
+  });
+  reader.start();
+  return reader;
+}
+
+/** The generator form of UrgentReader (reads only as the consumer pulls). */
+async function* urgentLoop(raw: RawFile, cpu: number, opts: ReadPagesOptions): AsyncGenerator<RunRead, void, undefined> {
+  const queue: RunRead[] = [];
+  let wake: (() => void) | undefined;
+  let ended = false;
+  let failure: Error | undefined;
+  const reader = new UrgentReader(raw, cpu, opts, (run) => {
+    queue.push(run);
+    wake?.();
+    return false; // one page at a time: the next read waits until this one is taken
+  });
+  void reader.done.then(
+    () => ((ended = true), wake?.()),
+    (err: unknown) => ((failure = err as Error), (ended = true), wake?.()),
+  );
+  reader.start();
+  for (;;) {
+    const run = queue.shift();
+    if (run !== undefined) {
+      yield run;
+      reader.resume();
+      continue;
+    }
+    if (failure !== undefined) throw failure;
+    if (ended) return;
+    await new Promise<void>((r) => (wake = r));
+    wake = undefined;
   }
 }
 

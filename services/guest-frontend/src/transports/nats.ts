@@ -57,6 +57,17 @@ export class NatsGuestTransport implements GuestTransport {
     }
   }
 
+  readonly framed = false;
+
+  trySendNow(kind: FrameKind, parts: readonly Buffer[]): boolean {
+    if (this.unflushed >= FLUSH_EVERY_BYTES) return false; // the async path flushes
+    const payload = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+    const subject = kind === FrameKind.Data ? subjects.ringUpData(this.guestId) : subjects.ringUpCtl(this.guestId);
+    this.nc.publish(subject, payload);
+    this.unflushed += payload.length;
+    return true;
+  }
+
   async *incoming(): AsyncIterable<Uint8Array> {
     for await (const m of this.sub) yield m.data;
   }

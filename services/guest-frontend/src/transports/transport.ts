@@ -19,6 +19,15 @@ export interface GuestTransport {
    * page bytes go out as they are, with no copy.
    */
   sendParts?(kind: FrameKind, parts: readonly Buffer[]): Promise<void>;
+  /**
+   * Optional: sends a data message now, on this thread, if the transport can without
+   * waiting (true), or does nothing (false: use send/sendParts). The urgent path: no
+   * promise between a probe hit and the channel. Byte-stream transports get a frame
+   * (header first in parts[0]), message transports the bare message.
+   */
+  trySendNow?(kind: FrameKind, parts: readonly Buffer[]): boolean;
+  /** Whether trySendNow wants a framed message. */
+  readonly framed?: boolean;
   /** Host messages, one payload each, until close(). */
   incoming(): AsyncIterable<Uint8Array>;
   close(): Promise<void>;

@@ -13,7 +13,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { encodeFrame, FRAME_HEADER_BYTES, FrameDecoder, FrameError, FrameKind, ErrorCode, type Logger } from "@vesper/protocol";
 import type { GuestTransport } from "./transport.js";
 
-const MAX_WRITE = 32 * 1024;
+export const MAX_WRITE = 32 * 1024;
 const HOST_ABSENT_RETRY_MS = 50;
 
 /** /dev/virtio-ports/<name>, or the /dev/vportNpM that /sys names <name> (no udev in a minimal guest). */
@@ -58,6 +58,18 @@ export class VirtioSerialTransport implements GuestTransport {
 
   send(kind: FrameKind, payload: Uint8Array): Promise<void> {
     return this.write([encodeFrame(kind, payload, this.maxFrameBytes)]);
+  }
+
+  readonly framed = true;
+
+  trySendNow(kind: FrameKind, parts: readonly Buffer[]): boolean {
+    void kind;
+    if (this.pendingWrites !== 0 || !this.hostPresent || this.closed) return false;
+    let bytes = 0;
+    for (const p of parts) bytes += p.length;
+    if (bytes - FRAME_HEADER_BYTES > this.maxFrameBytes) return false; // the async path says why
+    this.writeAllSync(parts);
+    return true;
   }
 
   sendParts(kind: FrameKind, parts: readonly Buffer[]): Promise<void> {
@@ -138,16 +150,57 @@ export class VirtioSerialTransport implements GuestTransport {
   }
 }
 
-/** `parts` without their first `skip` bytes, cut into iovecs of at most MAX_WRITE bytes. */
-function iovecs(parts: readonly Buffer[], skip: number): Buffer[] {
-  const out: Buffer[] = [];
+/**
+ * `parts` without their first `skip` bytes, as iovecs of MAX_WRITE bytes each (the last
+ * shorter). The port turns every iovec into one virtqueue buffer and waits for the host to
+ * take it, a round trip that costs far more than copying a few KiB, so parts are joined:
+ * an iovec that would end inside a part boundary gets a copy of what it needs (at most one
+ * MAX_WRITE copy per boundary), while long parts go out as slices, uncopied.
+ */
+export function iovecs(parts: readonly Buffer[], skip: number): Buffer[] {
+  const rest: Buffer[] = [];
   for (const p of parts) {
     if (skip >= p.length) {
       skip -= p.length;
       continue;
     }
-    for (let o = skip; o < p.length; o += MAX_WRITE) out.push(p.subarray(o, Math.min(o + MAX_WRITE, p.length)));
+    rest.push(skip > 0 ? p.subarray(skip) : p);
     skip = 0;
+  }
+  const out: Buffer[] = [];
+  let i = 0;
+  let off = 0; // into rest[i]
+  while (i < rest.length) {
+    const p = rest[i]!;
+    const left = p.length - off;
+    if (left >= MAX_WRITE || i === rest.length - 1) {
+      // A whole write from this part alone (or the end of the frame): a slice.
+      const n = Math.min(MAX_WRITE, left);
+      out.push(p.subarray(off, off + n));
+      off += n;
+      if (off === p.length) {
+        i++;
+        off = 0;
+      }
+      continue;
+    }
+    // The part ends before a full write: join it with what follows, by copying.
+    let size = 0;
+    for (let k = i, o = off; k < rest.length && size < MAX_WRITE; k++, o = 0) size += Math.min(rest[k]!.length - o, MAX_WRITE - size);
+    const chunk = Buffer.allocUnsafe(size);
+    let filled = 0;
+    while (filled < size) {
+      const q = rest[i]!;
+      const n = Math.min(q.length - off, size - filled);
+      q.copy(chunk, filled, off, off + n);
+      filled += n;
+      off += n;
+      if (off === q.length) {
+        i++;
+        off = 0;
+      }
+    }
+    out.push(chunk);
   }
   return out;
 }
