@@ -77,4 +77,4 @@ bench-overhead: guest-image
 	$(BENCH_RUN) bench/overhead/run.ts
 
 bench-scale: build
-	$(BENCH_RUN) bench/scale/run.ts --sizes 1,10,100
+	$(BENCH_RUN) bench/scale/run.ts --sizes 1,10,100,1000

@@ -78,7 +78,12 @@ function ours(): string[] {
 }
 
 test("the guest reports this kernel's capabilities", async () => {
-  const g = (await client.listGuests()).find((x) => x.id === guest)!;
+  const g = (await client.listGuests(undefined, { guest, withTracepoints: true })).find((x) => x.id === guest)!;
+  assert.ok(g.tracepointCount > 100);
+  assert.equal(g.capabilities?.tracepoints.length, g.tracepointCount);
+  const brief = (await client.listGuests()).find((x) => x.id === guest)!;
+  assert.deepEqual(brief.capabilities?.tracepoints, [], "the full list only when asked for");
+  assert.equal(brief.tracepointCount, g.tracepointCount);
   assert.equal(g.capabilities?.kprobes, existsSync(path.join(TRACEFS, "kprobe_events")));
   assert.ok((g.capabilities?.cpus ?? 0) >= 1);
   assert.ok(g.capabilities?.tracepoints.includes("sched:sched_process_exit"));
@@ -185,7 +190,12 @@ test("a kprobe probe on a kernel without kprobes fails with a clear error and le
     });
   }
   assert.deepEqual(ours(), []);
-  const g = (await client.listGuests()).find((x) => x.id === guest)!;
+  const g = (await client.listGuests(undefined, { guest, withTracepoints: true })).find((x) => x.id === guest)!;
+  assert.ok(g.tracepointCount > 100);
+  assert.equal(g.capabilities?.tracepoints.length, g.tracepointCount);
+  const brief = (await client.listGuests()).find((x) => x.id === guest)!;
+  assert.deepEqual(brief.capabilities?.tracepoints, [], "the full list only when asked for");
+  assert.equal(brief.tracepointCount, g.tracepointCount);
   assert.ok(!g.loadedProbes.includes("process"));
 });
 

@@ -99,8 +99,10 @@ export class VesperApiClient {
     return this.#unary((r, m, opts, cb) => this.#client.virtRmmod(r, m, opts, cb), req, o);
   }
 
-  async listGuests(o?: CallOptions): Promise<api.Guest[]> {
-    const res = await this.#unary<api.ListGuestsRequest, api.ListGuestsResponse>((r, m, opts, cb) => this.#client.listGuests(r, m, opts, cb), {}, o);
+  /** Every guest (or one: req.guest); tracepoint lists only with req.withTracepoints. */
+  async listGuests(o?: CallOptions, req: Partial<api.ListGuestsRequest> = {}): Promise<api.Guest[]> {
+    const request: api.ListGuestsRequest = { guest: req.guest ?? "", withTracepoints: req.withTracepoints ?? false };
+    const res = await this.#unary<api.ListGuestsRequest, api.ListGuestsResponse>((r, m, opts, cb) => this.#client.listGuests(r, m, opts, cb), request, o);
     return res.guests;
   }
 

@@ -159,7 +159,7 @@ describe("gateway over real NATS", () => {
   });
 
   it("answers UNAVAILABLE naming probe-loader when nothing answers on the bus", async () => {
-    const err = await unary(client.listGuests.bind(client), {}).then(
+    const err = await unary(client.listGuests.bind(client), { guest: "", withTracepoints: false }).then(
       () => assert.fail("should fail"),
       (e: ServiceError) => e,
     );
@@ -198,7 +198,7 @@ describe("gateway over real NATS", () => {
     });
     const c2 = new api.VesperClient(gw2.address, credentials.createInsecure());
     try {
-      const err = await unary(c2.listGuests.bind(c2), {}).then(
+      const err = await unary(c2.listGuests.bind(c2), { guest: "", withTracepoints: false }).then(
         () => assert.fail("should fail"),
         (e: ServiceError) => e,
       );

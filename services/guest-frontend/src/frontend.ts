@@ -46,6 +46,11 @@ interface RunningProbe {
   readonly urgent: (UrgentReader | undefined)[];
   spool: ProbeSpool | undefined;
   pagesDropped: bigint;
+  /** The counters last sent (stats go out only when they change). */
+  lastStats: string;
+  /** Pages were read since the last stats: the counters may have changed (else they are read once a minute). */
+  active: boolean;
+  statsAt: number;
 }
 
 export class Frontend implements CommandHandler {
@@ -207,7 +212,7 @@ export class Frontend implements CommandHandler {
     const abort = new AbortController();
     const mode = spec.delivery === ring.DeliveryMode.DELIVERY_MODE_BULK ? "bulk" : "urgent";
     const perBatch = Math.max(1, Math.min(this.o.maxPagesPerMessage, this.o.windowPages));
-    const rp: RunningProbe = { spec, loadId, abort, stopped: false, pumps: [], windows: [], sending: [], urgent: [], spool, pagesDropped: 0n };
+    const rp: RunningProbe = { spec, loadId, abort, stopped: false, pumps: [], windows: [], sending: [], urgent: [], spool, pagesDropped: 0n, lastStats: "", active: true, statsAt: 0 };
     for (let cpu = 0; cpu < cpus; cpu++) {
       const old = resend.get(cpu) ?? [];
       // After a restart the host holds at least everything before the oldest spooled page.
@@ -246,6 +251,7 @@ export class Frontend implements CommandHandler {
 
   /** A run read from the kernel: into the window, out, into the spool. False: the window is full. */
   private take(rp: RunningProbe, cpu: number, r: RunRead): boolean {
+    rp.active = true;
     const w = rp.windows[cpu]!;
     const run: OutRun = { firstSeq: w.nextSeq, count: r.count, pageSize: r.pageSize, lastLength: r.lastLength, data: r.data };
     w.push(run);
@@ -404,12 +410,21 @@ export class Frontend implements CommandHandler {
     this.log.info({ probe }, "probe unloaded");
   }
 
+  /** The kernel's counters per probe, sent when they changed since the last time. */
   private async sendStats(): Promise<void> {
     const client = this.client;
     if (client === undefined || !client.isConnected) return;
+    const now = Date.now();
     for (const [probe, rp] of this.running) {
+      // Nothing read since last time: the counters hardly moved (reading them costs an idle guest).
+      if (!rp.active && now - rp.statsAt < 60_000) continue;
+      rp.active = false;
+      rp.statsAt = now;
       try {
         const cpus = await this.engine.stats(probe);
+        const key = cpus.map((c) => `${c.entries},${c.overrun},${c.droppedEvents},${c.readEvents}`).join(";") + `;${rp.pagesDropped}`;
+        if (key === rp.lastStats) continue;
+        rp.lastStats = key;
         await client.sendStats({ probe, cpus, pagesDropped: rp.pagesDropped });
       } catch (err) {
         this.log.debug({ probe, err: (err as Error).message }, "stats not sent");

@@ -85,7 +85,7 @@ export class ProbeLoader {
     this.subs.push(
       serve(nc, subjects.loaderInsmod, api.VirtInsmodRequest, bus.InsmodReply, reply("response"), (r) => this.insmod(r), log, { queue: "vesper-loader" }),
       serve(nc, subjects.loaderRmmod, api.VirtRmmodRequest, bus.RmmodReply, reply("response"), (r) => this.rmmod(r), log, { queue: "vesper-loader" }),
-      serve(nc, subjects.loaderGuests, api.ListGuestsRequest, bus.GuestsReply, reply("response"), () => this.listGuests(), log, { queue: "vesper-loader" }),
+      serve(nc, subjects.loaderGuests, api.ListGuestsRequest, bus.GuestsReply, reply("response"), (r) => this.listGuests(r), log, { queue: "vesper-loader" }),
       serve(nc, subjects.loaderProbes, api.ListProbesRequest, bus.ProbesReply, reply("response"), async () => this.listProbes(), log, { queue: "vesper-loader" }),
     );
     const channels = nc.subscribe(subjects.allChannels);
@@ -423,16 +423,19 @@ export class ProbeLoader {
     }
   }
 
-  async listGuests(): Promise<api.ListGuestsResponse> {
+  async listGuests(req: Partial<api.ListGuestsRequest> = {}): Promise<api.ListGuestsResponse> {
     const data = await this.listenerDrops();
     const guests: api.Guest[] = [];
     for (const s of this.sessions.values()) {
+      if (req.guest && req.guest !== s.id) continue;
+      const caps = s.hello?.capabilities;
       guests.push({
         id: s.id,
         state: s.online ? api.GuestState.GUEST_STATE_ONLINE : api.GuestState.GUEST_STATE_OFFLINE,
         kernelRelease: s.hello?.kernelRelease ?? "",
         bootId: s.hello?.bootId ?? "",
-        capabilities: s.hello?.capabilities,
+        capabilities: caps === undefined || req.withTracepoints === true ? caps : { ...caps, tracepoints: [] },
+        tracepointCount: caps?.tracepoints.length ?? 0,
         loadedProbes: [...(s.hello?.loadedProbes ?? [])],
         lastSeenUnixMs: BigInt(s.lastSeen),
         transport: s.transport,
