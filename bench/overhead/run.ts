@@ -53,7 +53,11 @@ async function main(): Promise<void> {
       const f0 = frames;
       const e0 = eventsOut;
       res.vesper.push(await runLoad(guest, "fork", N));
-      await sleep(2000); // let the tail arrive
+      // Let the tail arrive: until nothing came for a second (rmmod drops what is still in flight).
+      for (let last = -1, quietSince = Date.now(), t0 = Date.now(); Date.now() - t0 < 30_000; await sleep(100)) {
+        if (eventsOut !== last) (last = eventsOut), (quietSince = Date.now());
+        else if (Date.now() - quietSince >= 1_000) break;
+      }
       perVesperRun.push({ frames: frames - f0, events: eventsOut - e0 });
       await client.rmmod({ guest: GUEST, probe: "process", flags: 0 });
       console.log(`round ${r + 1}: none ${(res.none[r]! / 1e3).toFixed(1)} µs, kernel ${(res.kernel[r]! / 1e3).toFixed(1)} µs, vesper ${(res.vesper[r]! / 1e3).toFixed(1)} µs per iteration; ${perVesperRun[r]!.events} events in ${perVesperRun[r]!.frames} frames`);

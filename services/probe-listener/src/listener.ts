@@ -89,7 +89,7 @@ export interface ProbeListenerOptions {
    * Default 10 s.
    */
   gapTimeoutMs?: number;
-  /** Longest an ack waits for others to join it (default 20 ms); resend requests do not wait. */
+  /** Longest an ack waits for others to join it (default 50 ms); resend requests do not wait. */
   ackDelayMs?: number;
 }
 
@@ -479,7 +479,7 @@ export class ProbeListener {
     a.ackTimer = setTimeout(() => {
       a.ackTimer = undefined;
       this.sendAck(a);
-    }, this.o.ackDelayMs ?? 20);
+    }, this.o.ackDelayMs ?? 50);
   }
 
   private sendAck(a: Attachment): void {

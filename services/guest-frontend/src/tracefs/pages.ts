@@ -54,11 +54,12 @@ export interface ReadPagesOptions {
   /**
    * Urgent, when minBatchDelayMs is not set: coalesce under load. A read that returns data
    * less than `windowMs` after the previous one means events are coming fast; the next read
-   * then waits `delayMs`, so the events of that time share one page (one wake-up, one frame)
-   * instead of a page each. The first event after a quiet spell still goes out at once.
-   * false: never wait. Default { windowMs: 20, delayMs: 10 }.
+   * then waits `delayMs`, doubling while the load lasts up to `maxDelayMs`, so the events of
+   * that time share one page (one wake-up, one frame) instead of a page each. The first
+   * event after a quiet spell still goes out at once. false: never wait.
+   * Default { windowMs: 20, delayMs: 10, maxDelayMs: 50 }.
    */
-  adaptiveBatch?: { windowMs: number; delayMs: number } | false;
+  adaptiveBatch?: { windowMs: number; delayMs: number; maxDelayMs?: number } | false;
   /** Bulk: most pages read in one flush (the rest waits for the next tick). Default 1024. */
   maxPagesPerFlush?: number;
   /** After abort, how long a blocked read may take to return by itself before its fd is closed. Default 25 ms. */
@@ -246,7 +247,11 @@ export class UrgentReader {
   // One read buffer; what a page holds is copied out (usually a few dozen bytes: pooled).
   private readonly buf: Buffer;
   private readonly batchDelay: number;
-  private readonly adaptive: { windowMs: number; delayMs: number } | false;
+  private readonly adaptive: { windowMs: number; delayMs: number; maxDelayMs?: number } | false;
+  /** The current coalescing delay (grows while reads keep coming fast). */
+  private busyDelay = 0;
+  /** Reads in a row that came fast. */
+  private streak = 0;
 
   constructor(
     private readonly raw: RawFile,
@@ -261,7 +266,7 @@ export class UrgentReader {
     // A reader waiting for room has no read pending: the abort must end it.
     opts.signal.addEventListener("abort", () => this.paused && this.finish(), { once: true });
     this.batchDelay = opts.minBatchDelayMs ?? 0;
-    this.adaptive = opts.minBatchDelayMs === undefined && opts.adaptiveBatch !== false ? (opts.adaptiveBatch ?? { windowMs: 20, delayMs: 10 }) : false;
+    this.adaptive = opts.minBatchDelayMs === undefined && opts.adaptiveBatch !== false ? (opts.adaptiveBatch ?? { windowMs: 20, delayMs: 10, maxDelayMs: 50 }) : false;
   }
 
   start(): void {
@@ -292,9 +297,16 @@ export class UrgentReader {
     if (n > 0) {
       this.emptyReads = 0;
       const now = performance.now();
-      // Coalesce under load: a read right after another waits a little before the next one,
-      // so events of a busy spell share a page; the first event after a quiet spell goes at once.
-      const busy = this.adaptive !== false && now - this.lastDataAt < this.adaptive.windowMs ? this.adaptive.delayMs : 0;
+      // Coalesce under load: a read right after another waits a little before the next one (a
+      // little longer while it lasts), so events of a busy spell share a page; the first event
+      // after a quiet spell goes at once. Under emulation every wake-up costs the guest milliseconds.
+      // The interval counts without our own wait: a steady stream makes a streak of fast reads,
+      // and only a streak makes the wait grow (a burst of two events must not cost the next one).
+      const a = this.adaptive;
+      if (a !== false && now - this.lastDataAt - this.busyDelay < a.windowMs) this.streak++;
+      else this.streak = 0;
+      this.busyDelay = a === false || this.streak === 0 ? 0 : Math.min(a.delayMs * 2 ** Math.max(0, this.streak - 3), a.maxDelayMs ?? a.delayMs);
+      const busy = this.busyDelay;
       this.lastDataAt = now;
       const used = usedBytes(this.buf, 0, n, this.opts.layout);
       const room = this.onRun({ cpu: this.cpu, count: 1, pageSize, lastLength: used, data: Buffer.from(this.buf.subarray(0, used)) });
