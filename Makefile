@@ -49,6 +49,7 @@ test-failover: guest-image
 	$(NODE_TEST) $(FAILOVER_TESTS)
 
 # bench/failover: per scenario, failure -> Vesper event / Pacemaker recovery / HTTP again, vs 10 s polling monitors.
+BENCH_FAILOVER_ARGS ?= --runs 3
 bench-failover: guest-image
 	node --import tsx bench/failover/run.ts $(BENCH_FAILOVER_ARGS)
 
