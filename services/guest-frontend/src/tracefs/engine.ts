@@ -228,10 +228,7 @@ export class ProbeEngine {
 
       for (const k of spec.kprobes) await this.addKprobe(st, k);
 
-      const events: EventRef[] = [
-        ...spec.kprobes.map((k) => ({ system: group, name: k.name, filter: k.filter })),
-        ...spec.tracepoints.map((t) => ({ system: t.system, name: t.event, filter: t.filter })),
-      ];
+      const events = eventRefs(spec, group);
       for (const ev of events) {
         if (!(await exists(path.join(dir, "events", ev.system, ev.name)))) {
           throw new ProbeError(
@@ -255,8 +252,7 @@ export class ProbeEngine {
         if (id === undefined) throw new ProbeError(R.RESULT_CODE_INTERNAL, `format of ${ev.system}:${ev.name} has no ID line`);
         formats.push({ system: ev.system, name: ev.name, id: Number(id), format });
       }
-      const headerPage =
-        (await readTextOr(path.join(dir, "events", "header_page"), "")) || (await readTextOr(tf.path("events", "header_page"), ""));
+      const headerPage = await this.headerPage(dir);
       st.pageSize = await tf.pageSize(dir);
       st.layout = parsePageLayout(headerPage);
       st.cpus = await tf.cpus(dir);
@@ -279,6 +275,11 @@ export class ProbeEngine {
       if (err instanceof ProbeError) throw err;
       throw new ProbeError(R.RESULT_CODE_INTERNAL, `loading probe ${probe} failed: ${messageOf(err)}`, { cause: err, errno: errnoOf(err) });
     }
+  }
+
+  /** The instance's events/header_page, else the top-level one (older kernels); "" if neither reads. */
+  private async headerPage(dir: string): Promise<string> {
+    return (await readTextOr(path.join(dir, "events", "header_page"), "")) || (await readTextOr(this.tracefs.path("events", "header_page"), ""));
   }
 
   /** Runs one tracefs operation; a failure becomes a ProbeError naming it. */
@@ -360,10 +361,7 @@ export class ProbeEngine {
       const have = new Set((await tf.kprobeEvents()).map(parseDynEvent).flatMap((p) => (p === undefined ? [] : [`${p.group}/${p.event}`])));
       for (const k of kprobes) if (!have.has(k)) missing.push(`kprobe ${k}`);
     }
-    const enabled: EventRef[] = [
-      ...spec.kprobes.map((k) => ({ system: group, name: k.name, filter: k.filter })),
-      ...spec.tracepoints.map((t) => ({ system: t.system, name: t.event, filter: t.filter })),
-    ];
+    const enabled = eventRefs(spec, group);
     if (missing.length === 0) {
       for (const ev of enabled) {
         if ((await readTextOr(path.join(dir, "events", ev.system, ev.name, "enable"), "")).trim() !== "1") missing.push(`enabled ${ev.system}:${ev.name}`);
@@ -383,9 +381,7 @@ export class ProbeEngine {
       enabled,
       cpus: await tf.cpus(dir),
       pageSize: await tf.pageSize(dir),
-      layout: parsePageLayout(
-        (await readTextOr(path.join(dir, "events", "header_page"), "")) || (await readTextOr(tf.path("events", "header_page"), "")),
-      ),
+      layout: parsePageLayout(await this.headerPage(dir)),
       abort: new AbortController(),
     };
     this.probes.set(probe, st);
@@ -580,4 +576,12 @@ async function wakeReaders(dir: string, cpus: readonly number[]): Promise<void> 
         }),
     ),
   );
+}
+
+/** The events a probe enables: its kprobes (in the probe's own group), then its tracepoints. */
+function eventRefs(spec: ring.ProbeSpec, group: string): EventRef[] {
+  return [
+    ...spec.kprobes.map((k) => ({ system: group, name: k.name, filter: k.filter })),
+    ...spec.tracepoints.map((t) => ({ system: t.system, name: t.event, filter: t.filter })),
+  ];
 }

@@ -10,12 +10,6 @@ export function openFd(path: string, flags: number): Promise<number> {
   return new Promise((resolve, reject) => fs.open(path, flags, (err, fd) => (err ? reject(err) : resolve(fd))));
 }
 
-export function readFd(fd: number, buf: Buffer): Promise<number> {
-  return new Promise((resolve, reject) =>
-    fs.read(fd, buf, 0, buf.length, null, (err, n) => (err ? reject(err) : resolve(n))),
-  );
-}
-
 export function closeFd(fd: number): Promise<void> {
   return new Promise((resolve) => fs.close(fd, () => resolve()));
 }

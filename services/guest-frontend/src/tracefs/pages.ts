@@ -15,7 +15,7 @@
  */
 import fs from "node:fs";
 import path from "node:path";
-import { closeFd, openFd, readFd, sleep } from "./fsutil.js";
+import { closeFd, openFd, sleep } from "./fsutil.js";
 import { errnoOf } from "./errors.js";
 import { usedBytes, type PageLayout } from "./page-layout.js";
 
@@ -105,24 +105,11 @@ class RawFile {
   }
 
   /** Bytes read; 0 on EOF (or when the fd was closed to stop us); -1 on EAGAIN. */
-  async read(buf: Buffer): Promise<number> {
-    const fd = this.fd;
-    if (fd === undefined) return 0;
-    this.reading = true;
-    try {
-      return await readFd(fd, buf);
-    } catch (err) {
-      const code = errnoOf(err);
-      if (code === "EAGAIN" || code === "EWOULDBLOCK") return -1;
-      if (code === "EINTR") return -1;
-      if (this.fd === undefined && (code === "EBADF" || code === undefined)) return 0; // closed under us by abort()
-      throw err;
-    } finally {
-      this.reading = false;
-    }
+  read(buf: Buffer): Promise<number> {
+    return new Promise((resolve, reject) => this.readCb(buf, (n, err) => (err === undefined ? resolve(n) : reject(err))));
   }
 
-  /** read() with a callback, no promise: `done` gets what read() would return. */
+  /** read() with a callback, no promise: `done` gets what read() returns, or the error it throws. */
   readCb(buf: Buffer, done: (n: number, err?: Error) => void): void {
     const fd = this.fd;
     if (fd === undefined) return done(0);

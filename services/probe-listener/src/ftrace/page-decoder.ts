@@ -196,7 +196,7 @@ export class PageDecoder {
       end = pageLen;
     }
     const typeSize = this.typeSize;
-    if (typeSize !== 2) return this.scanSlow(page, r, end);
+    if (typeSize !== 2) return this.scanSlow(page, r);
     const u16 = new Uint16Array(page.buffer, page.byteOffset, pageLen >>> 1);
     if (this.minSizes.length === 1 << 16) {
       // The hot path: every record in one tight loop; a problem stops it and the slow walk
@@ -267,12 +267,11 @@ export class PageDecoder {
   }
 
   /** scan() for event ids that are not 16 bits wide (no kernel today): byte reads. */
-  private scanSlow(page: Uint8Array, r: PageScan, end: number): PageScan {
+  private scanSlow(page: Uint8Array, r: PageScan): PageScan {
     const d = this.decodeChecked(page);
     r.events = d.events.length;
     r.bad += d.errors.length;
     r.firstError ??= d.errors[0];
-    void end;
     return r;
   }
 
