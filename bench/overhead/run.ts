@@ -20,6 +20,36 @@ const GUEST = "bovh1";
 const T = "/sys/kernel/tracing";
 const I = `${T}/instances/vbench_noread`;
 
+/** CPU ticks (USER_HZ) of the guest frontend and of the whole guest, split as /proc/stat does. */
+interface GuestCpu {
+  frontend: number;
+  /** of which in the kernel (system calls: page reads, port writes) */
+  frontendSys: number;
+  user: number;
+  system: number;
+  irq: number;
+  softirq: number;
+}
+
+async function guestCpu(guest: Awaited<ReturnType<typeof bootGuest>>): Promise<GuestCpu> {
+  const out = (await guest.exec("cat /proc/$(cat /run/frontend.pid)/stat; head -1 /proc/stat")).output;
+  const fe = /\) \S+ (?:\S+ ){10}(\d+) (\d+)/.exec(out);
+  const all = /^cpu\s+(\d+) (\d+) (\d+) \d+ \d+ (\d+) (\d+)/m.exec(out);
+  if (fe === null || all === null) throw new Error(`cannot read guest CPU times: ${out}`);
+  return {
+    frontend: Number(fe[1]) + Number(fe[2]),
+    frontendSys: Number(fe[2]),
+    user: Number(all[1]) + Number(all[2]),
+    system: Number(all[3]),
+    irq: Number(all[4]),
+    softirq: Number(all[5]),
+  };
+}
+
+function cpuDelta(a: GuestCpu, b: GuestCpu): GuestCpu {
+  return { frontend: b.frontend - a.frontend, frontendSys: b.frontendSys - a.frontendSys, user: b.user - a.user, system: b.system - a.system, irq: b.irq - a.irq, softirq: b.softirq - a.softirq };
+}
+
 async function main(): Promise<void> {
   const stack = await startStack({ prefix: "vbo" });
   const { client } = stack;
@@ -34,7 +64,7 @@ async function main(): Promise<void> {
     await client.rmmod({ guest: GUEST, probe: "process", flags: 1 }).catch(() => undefined);
     await runLoad(guest, "fork", 500); // warm-up
     const res: Record<"none" | "kernel" | "vesper", number[]> = { none: [], kernel: [], vesper: [] };
-    const perVesperRun: Array<{ frames: number; events: number }> = [];
+    const perVesperRun: Array<{ frames: number; events: number; cpu: GuestCpu }> = [];
     for (let r = 0; r < REPS; r++) {
       res.none.push(await runLoad(guest, "fork", N));
 
@@ -52,13 +82,15 @@ async function main(): Promise<void> {
       await sleep(500);
       const f0 = frames;
       const e0 = eventsOut;
+      const c0 = await guestCpu(guest);
       res.vesper.push(await runLoad(guest, "fork", N));
+      const cpu = cpuDelta(c0, await guestCpu(guest));
       // Let the tail arrive: until nothing came for a second (rmmod drops what is still in flight).
       for (let last = -1, quietSince = Date.now(), t0 = Date.now(); Date.now() - t0 < 30_000; await sleep(100)) {
         if (eventsOut !== last) (last = eventsOut), (quietSince = Date.now());
         else if (Date.now() - quietSince >= 1_000) break;
       }
-      perVesperRun.push({ frames: frames - f0, events: eventsOut - e0 });
+      perVesperRun.push({ frames: frames - f0, events: eventsOut - e0, cpu });
       await client.rmmod({ guest: GUEST, probe: "process", flags: 0 });
       console.log(`round ${r + 1}: none ${(res.none[r]! / 1e3).toFixed(1)} µs, kernel ${(res.kernel[r]! / 1e3).toFixed(1)} µs, vesper ${(res.vesper[r]! / 1e3).toFixed(1)} µs per iteration; ${perVesperRun[r]!.events} events in ${perVesperRun[r]!.frames} frames`);
     }
@@ -69,6 +101,12 @@ async function main(): Promise<void> {
     const vesperPp = ((vesper - kernel) / none) * 100;
     const ev = median(perVesperRun.map((x) => x.events));
     const fr = median(perVesperRun.map((x) => x.frames));
+    // Where the guest's time went during the Vesper runs (ticks of 10 ms, medians).
+    const cpuMed = (k: keyof GuestCpu): number => median(perVesperRun.map((x) => x.cpu[k]));
+    const cpuLine =
+      `guest CPU during a Vesper run (10 ms ticks, medians): frontend process ${cpuMed("frontend")} (${cpuMed("frontendSys")} of it in the kernel) ` +
+      `(${((cpuMed("frontend") * 10_000) / Math.max(1, fr)).toFixed(0)} µs per data frame); whole guest user ${cpuMed("user")}, ` +
+      `system ${cpuMed("system")}, irq ${cpuMed("irq")}, softirq ${cpuMed("softirq")} (the load itself runs ${((vesper * N) / 1e7).toFixed(0)} ticks)`;
     const head = ["configuration", "µs per fork+exit+wait (median)", "vs untraced"];
     const rows = [
       ["no tracing", (none / 1e3).toFixed(1), "1.00×"],
@@ -79,6 +117,7 @@ async function main(): Promise<void> {
       `${ev} events reached the events stream in ${fr} data frames (${(ev / Math.max(1, fr)).toFixed(1)} events per frame: coalescing under load).`;
     console.log(table(head, rows));
     console.log(verdict);
+    console.log(cpuLine);
     const md = [
       "# Probe overhead (`bench/overhead`)",
       "",
@@ -91,6 +130,7 @@ async function main(): Promise<void> {
       table(head, rows),
       "",
       `- ${verdict}`,
+      `- ${cpuLine}`,
       `- per round (µs/iteration): none ${res.none.map((x) => (x / 1e3).toFixed(1)).join(", ")}; kernel ${res.kernel.map((x) => (x / 1e3).toFixed(1)).join(", ")}; Vesper ${res.vesper.map((x) => (x / 1e3).toFixed(1)).join(", ")}`,
     ].join("\n");
     writeResult(

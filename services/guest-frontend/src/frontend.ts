@@ -131,7 +131,7 @@ export class Frontend implements CommandHandler {
         ok = false;
         continue;
       }
-      if (w.hasRoom(1)) rp.urgent[c.cpu]?.resume();
+      if (w.hasRoom(1)) rp.urgent[c.cpu]?.resume(w.room);
       if (w.hasUnsent) this.kick(rp, c.cpu);
     }
     return ok;
@@ -249,8 +249,8 @@ export class Frontend implements CommandHandler {
     }
   }
 
-  /** A run read from the kernel: into the window, out, into the spool. False: the window is full. */
-  private take(rp: RunningProbe, cpu: number, r: RunRead): boolean {
+  /** A run read from the kernel: into the window, out, into the spool. Returns the window's room left, in pages. */
+  private take(rp: RunningProbe, cpu: number, r: RunRead): number {
     rp.active = true;
     const w = rp.windows[cpu]!;
     const run: OutRun = { firstSeq: w.nextSeq, count: r.count, pageSize: r.pageSize, lastLength: r.lastLength, data: r.data };
@@ -268,7 +268,7 @@ export class Frontend implements CommandHandler {
         rp.spool = undefined;
       }
     }
-    return w.hasRoom(1);
+    return w.room;
   }
 
   /** What the window has unsent goes out now if the transport can take it without waiting; else the async sender does it. */

@@ -76,6 +76,11 @@ export class SendWindow {
     return this.highest + 1;
   }
 
+  /** Pages that still fit. */
+  get room(): number {
+    return Math.max(0, this.capacity - this.pages);
+  }
+
   hasRoom(n: number): boolean {
     return this.pages + n <= this.capacity;
   }

@@ -10,7 +10,7 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { ErrorCode, ring } from "@vesper/protocol";
-import { ProbeEngine, ProbeError, Tracefs, parseCpuStats, type PageRead } from "../src/tracefs/index.js";
+import { ProbeEngine, ProbeError, Tracefs, parseCpuStats, startUrgentReader, type PageRead, type RunRead } from "../src/tracefs/index.js";
 
 const PREFIX = `vesper_t${process.pid}`;
 const { DELIVERY_MODE_URGENT: URGENT, DELIVERY_MODE_BULK: BULK } = ring.DeliveryMode;
@@ -200,6 +200,41 @@ describe("ProbeEngine", () => {
     await engine.unload("batch");
     await pages.done;
     assert.deepEqual(await ours(), []);
+  });
+
+  test("urgent under load: the pages that piled up during the coalescing wait come out as one run", async (t) => {
+    const loaded = await engine.load(
+      spec({ name: "pile", bufferKbPerCpu: 1024, tracepoints: [{ system: "raw_syscalls", event: "sys_enter", filter: 'comm == "dd"' }] }),
+    );
+    t.after(() => (engine.loaded().includes("pile") ? engine.unload("pile") : undefined));
+    const runs: RunRead[] = [];
+    let room = 1000;
+    const abort = new AbortController();
+    const reader = await startUrgentReader(
+      engine.instanceDir("pile"),
+      0,
+      { signal: abort.signal, flushIntervalMs: 0, pageSize: loaded.pageSize, minBatchDelayMs: 300, maxPagesPerBatch: 32, layout: engine.pageLayout("pile") },
+      (r) => {
+        runs.push(r);
+        return (room -= r.count);
+      },
+    );
+    assert.ok(reader !== undefined);
+    // ~6,000 syscalls of dd on CPU 0, all within the first run's 300 ms wait.
+    const dd = spawn("taskset", ["-c", "0", "dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=3000"], { stdio: "ignore" });
+    await new Promise<void>((resolve, reject) => dd.once("exit", () => resolve()).once("error", reject));
+    const deadline = Date.now() + 10_000;
+    while (!runs.some((r) => r.count > 1) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    abort.abort();
+    await reader.done;
+    const big = runs.find((r) => r.count > 1);
+    assert.ok(big !== undefined, `no run of more than one page: ${runs.map((r) => r.count).join(",")}`);
+    assert.ok(big.count <= 32);
+    assert.equal(big.data.length, (big.count - 1) * big.pageSize + big.lastLength);
+    // Every page of the run holds events (the kernel wrote each one; nothing is padding).
+    for (let i = 0; i < big.count; i++) assert.ok(commitOf(big.data.subarray(i * big.pageSize)) > 0, `page ${i} of the run is empty`);
+    assert.equal(room, 1000 - runs.reduce((a, r) => a + r.count, 0));
+    console.log(`# urgent drain: runs of ${runs.map((r) => r.count).join(", ")} pages`);
   });
 
   test("a kprobe on a kernel without kprobes: UNSUPPORTED naming kprobes, nothing left", async (t) => {

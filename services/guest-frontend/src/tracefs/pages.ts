@@ -64,7 +64,7 @@ export interface ReadPagesOptions {
   maxPagesPerFlush?: number;
   /** After abort, how long a blocked read may take to return by itself before its fd is closed. Default 25 ms. */
   wakeGraceMs?: number;
-  /** Bulk: most pages per readv(2), i.e. per run. Default 32 (128 KiB of 4 KiB pages). */
+  /** Most pages per readv(2), i.e. per run (bulk drains; urgent drains after a coalescing wait). Default 32 (128 KiB of 4 KiB pages). */
   maxPagesPerBatch?: number;
   /** The page header layout (events/header_page): with it, pages are cut to the bytes they hold. */
   layout?: PageLayout;
@@ -221,8 +221,10 @@ export async function* readPageRuns(
 /**
  * Urgent mode with no promise between the kernel and the transport: a blocking read on a
  * pool thread whose callback hands the page over at once (under emulation every promise
- * and microtask hop on that path costs the event time). `onRun` returns false when the
- * consumer has no room: reading then waits for resume(). `done` settles when it ends.
+ * and microtask hop on that path costs the event time). Under load, after a coalescing
+ * wait, one readv(2) on a second, non-blocking file takes every page that piled up (one
+ * run, one frame) instead of a page per wait. `onRun` returns the pages of room the
+ * consumer has left; at 0 reading waits for resume(). `done` settles when it ends.
  */
 export class UrgentReader {
   readonly done: Promise<void>;
@@ -239,12 +241,18 @@ export class UrgentReader {
   private busyDelay = 0;
   /** Reads in a row that came fast. */
   private streak = 0;
+  /** Pages the consumer can still take (what onRun or resume said last). */
+  private room = 1;
+  /** The drain's readv target, made at its first use. */
+  private scratch: { buf: Buffer; iov: Buffer[] } | undefined;
 
   constructor(
     private readonly raw: RawFile,
     private readonly cpu: number,
     private readonly opts: ReadPagesOptions,
-    private readonly onRun: (run: RunRead) => boolean,
+    private readonly onRun: (run: RunRead) => number,
+    /** Non-blocking file on the same trace_pipe_raw; without it every read is a blocking one. */
+    private readonly drainFile?: RawFile,
   ) {
     this.done = new Promise<void>((resolve, reject) => {
       this.finish = (err?: Error) => (err === undefined ? resolve() : reject(err));
@@ -260,16 +268,52 @@ export class UrgentReader {
     this.next();
   }
 
-  /** The consumer has room again. */
-  resume(): void {
-    if (!this.paused) return;
+  /** The consumer has room again: `room` pages. */
+  resume(room: number): void {
+    if (!this.paused || room <= 0) return;
     this.paused = false;
+    this.room = room;
     this.after(this.pausedDelay);
   }
 
   private after(delay: number): void {
-    if (delay > 0) setTimeout(() => this.next(), delay);
+    if (delay > 0) setTimeout(() => this.drain(), delay);
     else this.next();
+  }
+
+  /**
+   * After a coalescing wait: what the kernel holds now, in one readv(2) on the
+   * non-blocking file. Nothing there: back to the blocking read, so the next event
+   * after the load goes out at once.
+   */
+  private drain(): void {
+    const { signal, pageSize, layout } = this.opts;
+    if (signal.aborted) return this.finish();
+    const file = this.drainFile;
+    if (file === undefined) return this.next();
+    const max = Math.max(1, this.opts.maxPagesPerBatch ?? 32);
+    this.scratch ??= scratchPages(max, pageSize);
+    const { buf, iov } = this.scratch;
+    let n: number;
+    try {
+      n = file.readvSync(this.room >= max ? iov : iov.slice(0, Math.max(1, this.room)));
+    } catch (err) {
+      return this.finish(err as Error);
+    }
+    if (n < 0) return this.next(); // EAGAIN: the ring is empty
+    if (n === 0) {
+      // The file was flushed (a child closed its inherited copy): reopen it, read blocking meanwhile.
+      void file.reopen().then(
+        (ok) => (ok ? this.next() : this.finish()),
+        (e: unknown) => this.finish(e as Error),
+      );
+      return;
+    }
+    const count = Math.ceil(n / pageSize);
+    const lastOff = (count - 1) * pageSize;
+    const lastLength = usedBytes(buf, lastOff, n - lastOff, layout);
+    // Copied out: the consumer keeps the run until it is acknowledged, the scratch is reused.
+    this.deliver({ cpu: this.cpu, count, pageSize, lastLength, data: Buffer.from(buf.subarray(0, lastOff + lastLength)) });
   }
 
   private next(): void {
@@ -283,27 +327,8 @@ export class UrgentReader {
     if (signal.aborted) return this.finish();
     if (n > 0) {
       this.emptyReads = 0;
-      const now = performance.now();
-      // Coalesce under load: a read right after another waits a little before the next one (a
-      // little longer while it lasts), so events of a busy spell share a page; the first event
-      // after a quiet spell goes at once. Under emulation every wake-up costs the guest milliseconds.
-      // The interval counts without our own wait: a steady stream makes a streak of fast reads,
-      // and only a streak makes the wait grow (a burst of two events must not cost the next one).
-      const a = this.adaptive;
-      if (a !== false && now - this.lastDataAt - this.busyDelay < a.windowMs) this.streak++;
-      else this.streak = 0;
-      this.busyDelay = a === false || this.streak === 0 ? 0 : Math.min(a.delayMs * 2 ** Math.max(0, this.streak - 3), a.maxDelayMs ?? a.delayMs);
-      const busy = this.busyDelay;
-      this.lastDataAt = now;
       const used = usedBytes(this.buf, 0, n, this.opts.layout);
-      const room = this.onRun({ cpu: this.cpu, count: 1, pageSize, lastLength: used, data: Buffer.from(this.buf.subarray(0, used)) });
-      const delay = this.batchDelay > 0 ? this.batchDelay : busy;
-      if (!room) {
-        this.paused = true;
-        this.pausedDelay = delay;
-        return;
-      }
-      return this.after(delay);
+      return this.deliver({ cpu: this.cpu, count: 1, pageSize, lastLength: used, data: Buffer.from(this.buf.subarray(0, used)) });
     }
     if (n < 0) return this.next(); // EINTR
     // EOF although nobody stopped us: tracing_on went 0, or the file was flushed
@@ -317,24 +342,70 @@ export class UrgentReader {
       );
     }, wait);
   }
+
+  /** Pages just read go to the consumer; the next read follows at once, or after a coalescing wait under load. */
+  private deliver(run: RunRead): void {
+    const now = performance.now();
+    // Coalesce under load: a read right after another waits a little before the next one (a
+    // little longer while it lasts), so events of a busy spell share a page; the first event
+    // after a quiet spell goes at once. Under emulation every wake-up costs the guest milliseconds.
+    // The interval counts without our own wait: a steady stream makes a streak of fast reads,
+    // and only a streak makes the wait grow (a burst of two events must not cost the next one).
+    const a = this.adaptive;
+    if (a !== false && now - this.lastDataAt - this.busyDelay < a.windowMs) this.streak++;
+    else this.streak = 0;
+    this.busyDelay = a === false || this.streak === 0 ? 0 : Math.min(a.delayMs * 2 ** Math.max(0, this.streak - 3), a.maxDelayMs ?? a.delayMs);
+    const busy = this.busyDelay;
+    this.lastDataAt = now;
+    const room = this.onRun(run);
+    const delay = this.batchDelay > 0 ? this.batchDelay : busy;
+    if (room <= 0) {
+      this.paused = true;
+      this.pausedDelay = delay;
+      return;
+    }
+    this.room = room;
+    this.after(delay);
+  }
 }
 
-/** Opens a CPU's trace_pipe_raw for an UrgentReader; the reader ends (and closes it) at abort. */
-export async function startUrgentReader(instanceDir: string, cpu: number, opts: ReadPagesOptions, onRun: (run: RunRead) => boolean): Promise<UrgentReader | undefined> {
+/** One buffer of `pages` pages and an iovec per page into it. */
+function scratchPages(pages: number, pageSize: number): { buf: Buffer; iov: Buffer[] } {
+  const buf = Buffer.allocUnsafeSlow(pages * pageSize);
+  const iov: Buffer[] = [];
+  for (let i = 0; i < pages; i++) iov.push(buf.subarray(i * pageSize, (i + 1) * pageSize));
+  return { buf, iov };
+}
+
+/** Opens a CPU's trace_pipe_raw (blocking, and non-blocking for drains) for an UrgentReader; the reader ends (and closes them) at abort. */
+export async function startUrgentReader(instanceDir: string, cpu: number, opts: ReadPagesOptions, onRun: (run: RunRead) => number): Promise<UrgentReader | undefined> {
   const { signal } = opts;
   if (signal.aborted) return undefined;
-  const raw = new RawFile(traceRawPath(instanceDir, cpu), fs.constants.O_RDONLY, signal, opts.wakeGraceMs ?? 25);
-  const onAbort = (): void => raw.abort();
+  const file = traceRawPath(instanceDir, cpu);
+  const grace = opts.wakeGraceMs ?? 25;
+  const raw = new RawFile(file, fs.constants.O_RDONLY, signal, grace);
+  const drain = new RawFile(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK, signal, grace);
+  const onAbort = (): void => {
+    raw.abort();
+    drain.abort();
+  };
   signal.addEventListener("abort", onAbort, { once: true });
-  if (!(await raw.open())) {
-    signal.removeEventListener("abort", onAbort);
-    return undefined;
-  }
-  const reader = new UrgentReader(raw, cpu, opts, onRun);
-  void reader.done.catch(() => undefined).finally(() => {
+  const closeAll = (): void => {
     signal.removeEventListener("abort", onAbort);
     void raw.close();
-  });
+    void drain.close();
+  };
+  try {
+    if (!(await raw.open()) || !(await drain.open())) {
+      closeAll();
+      return undefined;
+    }
+  } catch (err) {
+    closeAll();
+    throw err;
+  }
+  const reader = new UrgentReader(raw, cpu, opts, onRun, drain);
+  void reader.done.catch(() => undefined).finally(closeAll);
   reader.start();
   return reader;
 }
@@ -348,7 +419,7 @@ async function* urgentLoop(raw: RawFile, cpu: number, opts: ReadPagesOptions): A
   const reader = new UrgentReader(raw, cpu, opts, (run) => {
     queue.push(run);
     wake?.();
-    return false; // one page at a time: the next read waits until this one is taken
+    return 0; // one page at a time: the next read waits until this one is taken
   });
   void reader.done.then(
     () => ((ended = true), wake?.()),
@@ -359,7 +430,7 @@ async function* urgentLoop(raw: RawFile, cpu: number, opts: ReadPagesOptions): A
     const run = queue.shift();
     if (run !== undefined) {
       yield run;
-      reader.resume();
+      reader.resume(1);
       continue;
     }
     if (failure !== undefined) throw failure;
@@ -378,11 +449,7 @@ async function* bulkLoop(wake: RawFile, drain: RawFile, cpu: number, opts: ReadP
   let buf: Buffer | undefined;
   let iov: Buffer[] = [];
   const fresh = (): Buffer => {
-    if (buf === undefined) {
-      buf = Buffer.allocUnsafeSlow(perBatch * pageSize);
-      iov = [];
-      for (let i = 0; i < perBatch; i++) iov.push(buf.subarray(i * pageSize, (i + 1) * pageSize));
-    }
+    if (buf === undefined) ({ buf, iov } = scratchPages(perBatch, pageSize));
     return buf;
   };
   let emptyReads = 0;
