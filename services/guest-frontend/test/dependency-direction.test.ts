@@ -47,3 +47,21 @@ test("no host service imports guest code, and protocol imports no service", () =
   }
   assert.deepEqual(bad, []);
 });
+
+test("the guest bundle leaves out the host's gRPC stack (protocol is side-effect free, so its api module drops out)", async () => {
+  const { build } = await import("esbuild");
+  const out = await build({
+    entryPoints: [path.join(SERVICES, "guest-frontend", "src", "main.ts")],
+    bundle: true,
+    platform: "node",
+    format: "esm",
+    write: false,
+    metafile: true,
+    logLevel: "silent",
+  });
+  // What made it into the output (metafile.inputs also lists what tree shaking dropped).
+  const output = Object.values(out.metafile.outputs)[0]!;
+  const inputs = Object.entries(output.inputs).filter(([, v]) => v.bytesInOutput > 0).map(([k]) => k);
+  assert.deepEqual(inputs.filter((i) => /@grpc\/|protobufjs|generated\/vesper\/api\//.test(i)), []);
+  assert.ok(inputs.some((i) => i.includes("generated/vesper/ring/")), "the ring protocol is in the bundle");
+});
