@@ -7,7 +7,7 @@
  * Configurations are interleaved over --reps rounds; medians are compared. Overhead is in
  * percentage points of the untraced time: kernel = (2-1)/1, Vesper adds = (3-2)/1 (goal ≤ 3 pp).
  *
- *   node --import tsx bench/overhead/run.ts [--iterations 5000] [--reps 3]
+ *   node --import tsx bench/overhead/run.ts [--iterations 5000] [--reps 3] [--node-flags F,G]
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect } from "@nats-io/transport-node";
@@ -16,6 +16,8 @@ import { argOf, barChart, machineLine, median, table, writeResult } from "../lib
 
 const N = Number(argOf("--iterations", "5000"));
 const REPS = Number(argOf("--reps", "3"));
+/** vesper.node_flags for the guest frontend (the image's default is --jitless; "none" for V8's defaults). */
+const NODE_FLAGS = argOf("--node-flags", "") ?? "";
 const GUEST = "bovh1";
 const T = "/sys/kernel/tracing";
 const I = `${T}/instances/vbench_noread`;
@@ -53,7 +55,7 @@ function cpuDelta(a: GuestCpu, b: GuestCpu): GuestCpu {
 async function main(): Promise<void> {
   const stack = await startStack({ prefix: "vbo" });
   const { client } = stack;
-  const guest = await bootGuest(stack, GUEST);
+  const guest = await bootGuest(stack, GUEST, NODE_FLAGS === "" ? {} : { appendExtra: [`vesper.node_flags=${NODE_FLAGS}`] });
   const nc = await connect({ servers: stack.nats.url });
   let frames = 0;
   let eventsOut = 0;
