@@ -37,6 +37,9 @@ let frontend: ChildProcess;
 let spoolDir: string;
 let generator: NodeJS.Timeout | undefined;
 const spawned = new Set<number>();
+/** When each child was spawned, and when each restart began: a missing exit says where it fell. */
+const spawnedAt = new Map<number, number>();
+const phases: Array<{ what: string; at: number }> = [];
 // pid -> stream sequences its exit was stored at. A consumer may be handed the same
 // message twice (its ack lost in a NATS restart: at-least-once delivery); a watcher
 // tells those apart by stream sequence. Two sequences for one exit would be a duplicate.
@@ -126,7 +129,10 @@ before(async () => {
   })();
   generator = setInterval(() => {
     const ch = spawn("true", { stdio: "ignore" });
-    if (ch.pid !== undefined) spawned.add(ch.pid);
+    if (ch.pid !== undefined) {
+      spawned.add(ch.pid);
+      spawnedAt.set(ch.pid, Date.now());
+    }
   }, 50);
 });
 
@@ -159,12 +165,14 @@ it("events flow and nothing is lost or duplicated while the loader, gateway, lis
   // The loader is not on the data path; the guest says Hello again when its idle
   // request goes unanswered, and the new loader reconciles from the store.
   await steady(1_500);
+  phases.push({ what: "loader kill", at: Date.now() });
   await hosts.get("loader")!.stop("SIGKILL");
   await steady(1_000);
   await startService("loader");
   await stillLoaded("loader");
 
   await steady(1_500);
+  phases.push({ what: "gateway kill", at: Date.now() });
   await hosts.get("gateway")!.stop("SIGKILL");
   await steady(500);
   await startService("gateway");
@@ -173,6 +181,7 @@ it("events flow and nothing is lost or duplicated while the loader, gateway, lis
   // The listener: pages it had taken but not stored, and every page sent while it is
   // down, are not acknowledged; the guest keeps them and sends them again.
   await steady(1_500);
+  phases.push({ what: "listener kill", at: Date.now() });
   await hosts.get("listener")!.stop("SIGKILL");
   await steady(1_500);
   await startService("listener");
@@ -180,6 +189,7 @@ it("events flow and nothing is lost or duplicated while the loader, gateway, lis
 
   // NATS itself: JetStream keeps the stream and the durable consumer on disk.
   await steady(1_500);
+  phases.push({ what: "NATS kill", at: Date.now() });
   await nats.restart("SIGKILL");
   await progressed("NATS server");
   await stillLoaded("NATS server");
@@ -187,6 +197,7 @@ it("events flow and nothing is lost or duplicated while the loader, gateway, lis
   // The guest frontend: the probe stays in the kernel, recording; the next frontend
   // adopts it from the spool and sends again what the host had not acknowledged.
   await steady(1_500);
+  phases.push({ what: "frontend kill", at: Date.now() });
   await killFrontend("SIGKILL");
   await steady(1_500);
   frontend = startFrontend();
@@ -208,6 +219,10 @@ it("events flow and nothing is lost or duplicated while the loader, gateway, lis
   assert.deepEqual(dups, [], "no event arrives twice");
   assert.equal(pagesLost, 0, "no page went missing between guest and host");
   // Only the kernel may lose events (its ring overflowing), and then it says how many.
-  assert.ok(missing.length <= kernelLost, `${missing.length} exits missing, the kernel reported ${kernelLost} lost`);
-  assert.equal(missing.length, 0, `every child's exit arrived (kernel-reported losses: ${kernelLost})`);
+  const where = missing.map((p) => {
+    const t = spawnedAt.get(p)!;
+    const last = phases.filter((ph) => ph.at <= t).pop();
+    return `pid ${p} spawned ${last === undefined ? "before the first kill" : `${t - last.at} ms after the ${last.what}`}`;
+  });
+  assert.equal(missing.length, 0, `every child's exit arrived (kernel-reported losses: ${kernelLost}); missing: ${where.join("; ")}`);
 });

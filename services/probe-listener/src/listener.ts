@@ -48,6 +48,11 @@ interface Attachment {
   ackReplyTo: bigint;
   ackScheduled: boolean;
   ackTimer: NodeJS.Timeout | undefined;
+  /** Pages stored and not yet acknowledged, and since when the first of them waits. */
+  ackPages: number;
+  ackDueSince: number;
+  /** The timer is the short one (many pages wait). */
+  ackSoon: boolean;
   /** Bulk probes: pages are stored as they are (bus.StoredPages), not decoded here. */
   readonly bulk: boolean;
   readonly spec: ring.ProbeSpec;
@@ -89,8 +94,13 @@ export interface ProbeListenerOptions {
    * Default 10 s.
    */
   gapTimeoutMs?: number;
-  /** Longest an ack waits for others to join it (default 50 ms); resend requests do not wait. */
+  /**
+   * Longest an ack waits for others to join it (default 200 ms): every ack wakes the guest.
+   * Once ACK_SOON_PAGES pages wait, at most ackBusyDelayMs (default 50 ms), so a guest's window
+   * never fills for want of acks; resend requests do not wait at all.
+   */
   ackDelayMs?: number;
+  ackBusyDelayMs?: number;
 }
 
 /** A token bucket of bytes. */
@@ -127,6 +137,8 @@ export function toGuestDrops(c: GuestCounters): api.GuestDrops {
 
 /** Largest page a run may declare (ftrace pages are the kernel's page size, usually 4 KiB). */
 const MAX_RUN_PAGE_SIZE = 64 * 1024;
+/** Stored pages waiting for an ack that make it go out after ackBusyDelayMs instead of ackDelayMs (an eighth of the guest's default window). */
+const ACK_SOON_PAGES = 32;
 
 /**
  * The pages of a data message: its single pages, then each run's, cut out of the run's
@@ -245,6 +257,9 @@ export class ProbeListener {
       ackReplyTo: 0n,
       ackScheduled: false,
       ackTimer: undefined,
+      ackPages: 0,
+      ackDueSince: 0,
+      ackSoon: false,
       bulk: spec.delivery === ring.DeliveryMode.DELIVERY_MODE_BULK,
       spec,
       loaded,
@@ -326,7 +341,7 @@ export class ProbeListener {
     const hints = new Map(data.acked.map((x) => [x.cpu, x.seq] as const));
     // Per CPU: the stream acks this message's pages wait for, its newest page taken, and
     // (bulk) the pages to store.
-    const taken = new Map<number, { stored: Promise<void>[]; last: bigint; keep: bus.StoredPage[]; events: number }>();
+    const taken = new Map<number, { stored: Promise<void>[]; last: bigint; pages: number; keep: bus.StoredPage[]; events: number }>();
     const now = Date.now();
     const gapTimeoutMs = this.o.gapTimeoutMs ?? 10_000;
     const receivedUnixNs = BigInt(now) * 1_000_000n;
@@ -346,8 +361,9 @@ export class ProbeListener {
         continue;
       }
       let t = taken.get(p.cpu);
-      if (t === undefined) taken.set(p.cpu, (t = { stored: [], last: p.seq, keep: [], events: 0 }));
+      if (t === undefined) taken.set(p.cpu, (t = { stored: [], last: p.seq, pages: 0, keep: [], events: 0 }));
       t.last = p.seq;
+      t.pages++;
       if (verdict.pagesLost > 0n) {
         this.o.log.warn({ guest, probe: a.probe, cpu: p.cpu, pagesLost: String(verdict.pagesLost) }, "pages never came: reported as lost");
       }
@@ -364,7 +380,7 @@ export class ProbeListener {
         t.stored.push(r.stored);
       }
       this.cursor(a, cpu, undefined).whenStored(t.last, Promise.all(t.stored).then(() => undefined), (ok) => {
-        if (ok) this.dueAck(a, cpu, msgSeq, false);
+        if (ok) this.dueAck(a, cpu, msgSeq, false, t.pages);
         else this.warn(`${guest}/store`, { guest, probe: a.probe, cpu }, "events not stored: the guest sends those pages again");
       });
     }
@@ -458,12 +474,15 @@ export class ProbeListener {
   }
 
   /**
-   * Acks are coalesced: all due CPUs of the probe in one message, at most every ackDelayMs
-   * (every ack wakes the guest, which under emulation costs it milliseconds; its window
-   * holds far more than that much data). A resend request goes out at once.
+   * Acks are coalesced: all due CPUs of the probe in one message, sent when the first of
+   * them has waited ackDelayMs, or ackBusyDelayMs once many pages wait (every ack wakes the
+   * guest, which under emulation costs it milliseconds; its window holds far more than that
+   * much data). A resend request goes out at once.
    */
-  private dueAck(a: Attachment, cpu: number, replyTo: bigint, resend: boolean): void {
+  private dueAck(a: Attachment, cpu: number, replyTo: bigint, resend: boolean, pages = 0): void {
+    if (a.ackDue.size === 0) a.ackDueSince = Date.now();
     a.ackDue.add(cpu);
+    a.ackPages += pages;
     if (resend) a.ackResend = true;
     if (replyTo > a.ackReplyTo) a.ackReplyTo = replyTo;
     if (resend) {
@@ -475,11 +494,16 @@ export class ProbeListener {
       }
       return;
     }
-    if (a.ackScheduled || a.ackTimer !== undefined) return;
+    if (a.ackScheduled) return;
+    const soon = a.ackPages >= ACK_SOON_PAGES;
+    if (a.ackTimer !== undefined && (a.ackSoon || !soon)) return;
+    clearTimeout(a.ackTimer);
+    a.ackSoon = soon;
+    const wait = soon ? (this.o.ackBusyDelayMs ?? 50) : (this.o.ackDelayMs ?? 200);
     a.ackTimer = setTimeout(() => {
       a.ackTimer = undefined;
       this.sendAck(a);
-    }, this.o.ackDelayMs ?? 50);
+    }, Math.max(0, a.ackDueSince + wait - Date.now()));
   }
 
   private sendAck(a: Attachment): void {
@@ -489,6 +513,7 @@ export class ProbeListener {
     const ack: ring.DataAck = { probe: a.probe, loadId: a.loadId, cpus, resend: a.ackResend };
     a.ackDue.clear();
     a.ackResend = false;
+    a.ackPages = 0;
     const msg: ring.HostMessage = { version: PROTOCOL_VERSION, guestId: a.guest, replyTo: a.ackReplyTo, body: { $case: "ack", value: ack } };
     try {
       this.o.nc.publish(subjects.ringDown(a.guest), encodeHostMessage(msg));
