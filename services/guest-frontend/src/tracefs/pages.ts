@@ -57,7 +57,8 @@ export interface ReadPagesOptions {
    * then waits `delayMs`, doubling while the load lasts up to `maxDelayMs`, so the events of
    * that time share one page (one wake-up, one frame) instead of a page each. The first
    * event after a quiet spell still goes out at once. false: never wait.
-   * Default { windowMs: 20, delayMs: 10, maxDelayMs: 50 }.
+   * Default { windowMs: 20, delayMs: 10, maxDelayMs: 100 }: under a sustained stream an event waits
+   * at most 100 ms (failover takes seconds; every wake-up of the agent costs the guest milliseconds).
    */
   adaptiveBatch?: { windowMs: number; delayMs: number; maxDelayMs?: number } | false;
   /** Bulk: most pages read in one flush (the rest waits for the next tick). Default 1024. */
@@ -261,7 +262,7 @@ export class UrgentReader {
     // A reader waiting for room has no read pending: the abort must end it.
     opts.signal.addEventListener("abort", () => this.paused && this.finish(), { once: true });
     this.batchDelay = opts.minBatchDelayMs ?? 0;
-    this.adaptive = opts.minBatchDelayMs === undefined && opts.adaptiveBatch !== false ? (opts.adaptiveBatch ?? { windowMs: 20, delayMs: 10, maxDelayMs: 50 }) : false;
+    this.adaptive = opts.minBatchDelayMs === undefined && opts.adaptiveBatch !== false ? (opts.adaptiveBatch ?? { windowMs: 20, delayMs: 10, maxDelayMs: 100 }) : false;
   }
 
   start(): void {
