@@ -96,8 +96,8 @@ export interface ProbeListenerOptions {
   gapTimeoutMs?: number;
   /**
    * Longest an ack waits for others to join it (default 200 ms): every ack wakes the guest.
-   * Once ACK_SOON_PAGES pages wait, at most ackBusyDelayMs (default 50 ms), so a guest's window
-   * never fills for want of acks; resend requests do not wait at all.
+   * Once ACK_SOON_PAGES pages wait, at most ackBusyDelayMs (default 0: the next tick), so a
+   * fast guest's window never fills for want of acks; resend requests do not wait at all.
    */
   ackDelayMs?: number;
   ackBusyDelayMs?: number;
@@ -499,7 +499,7 @@ export class ProbeListener {
     if (a.ackTimer !== undefined && (a.ackSoon || !soon)) return;
     clearTimeout(a.ackTimer);
     a.ackSoon = soon;
-    const wait = soon ? (this.o.ackBusyDelayMs ?? 50) : (this.o.ackDelayMs ?? 200);
+    const wait = soon ? (this.o.ackBusyDelayMs ?? 0) : (this.o.ackDelayMs ?? 200);
     a.ackTimer = setTimeout(() => {
       a.ackTimer = undefined;
       this.sendAck(a);
