@@ -59,13 +59,13 @@ export async function bootGuest(stack: Stack, name: string, extra: Partial<QemuG
  * not take the vCPU's core: the guest then measures its own costs, as on a host with
  * cores to spare. Returns what it did, for the report; nothing on a one-CPU host.
  */
-export function pinGuestApart(stack: Stack, guest: QemuGuest): string {
+export function pinGuestApart(guest: QemuGuest, others: ReadonlyArray<number | undefined>): string {
   const cpus = availableParallelism();
   if (cpus < 2 || guest.pid === undefined) return "guest not pinned (one host CPU)";
   const last = String(cpus - 1);
   const rest = cpus === 2 ? "0" : `0-${cpus - 2}`;
   execFileSync("taskset", ["-a", "-p", "-c", last, String(guest.pid)], { stdio: "ignore" });
-  for (const pid of [stack.host.pid, stack.nats.pid, process.pid]) {
+  for (const pid of [...others, process.pid]) {
     if (pid !== undefined) execFileSync("taskset", ["-a", "-p", "-c", rest, String(pid)], { stdio: "ignore" });
   }
   return `QEMU pinned to host CPU ${last}, host services, NATS and the bench to ${rest}`;

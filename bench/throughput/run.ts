@@ -17,7 +17,7 @@ import { readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { bootGuest, buildLoad, pushFile, runLoad, startStack } from "../lib/stack.js";
+import { bootGuest, buildLoad, pinGuestApart, pushFile, runLoad, startStack } from "../lib/stack.js";
 import { argOf, barChart, fmt, machineLine, table, writeResult } from "../lib/report.js";
 
 const CALLS = Number(argOf("--calls", "1000000"));
@@ -46,6 +46,8 @@ async function main(): Promise<void> {
   });
   const { client } = stack;
   const guest = await bootGuest(stack, GUEST, NODE_FLAGS === "" ? {} : { appendExtra: [`vesper.node_flags=${NODE_FLAGS}`] });
+  const pinning = pinGuestApart(guest, [stack.host.pid, stack.nats.pid]);
+  console.log(pinning);
   try {
     await pushFile(guest, buildLoad(stack.runDir), "/tmp/vload");
     await runLoad(guest, "syscall", 100_000); // warm-up
@@ -166,7 +168,7 @@ async function main(): Promise<void> {
       "Command: `make bench-throughput` (= `node --import tsx bench/throughput/run.ts`)",
       "",
       machineLine(),
-      `Load: ${CALLS} getppid() calls (static load generator bench/load/load.c) with raw_syscalls sys_enter/sys_exit; probe buffer ${BUFFER_KB} KiB per CPU, flush every ${FLUSH_MS} ms; guest 512 MB, 1 vCPU. The anchors are other tools measured earlier on this machine (not in this run).`,
+      `Load: ${CALLS} getppid() calls (static load generator bench/load/load.c) with raw_syscalls sys_enter/sys_exit; probe buffer ${BUFFER_KB} KiB per CPU, flush every ${FLUSH_MS} ms; guest 512 MB, 1 vCPU; ${pinning}. The anchors are other tools measured earlier on this machine (not in this run).`,
       "",
       table(head, rows),
       "",
