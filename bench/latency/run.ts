@@ -27,6 +27,7 @@ import { HostProcess } from "../../test/harness/host-process.js";
 import { QemuGuest } from "../../test/harness/qemu-guest.js";
 import { waitFor } from "../../test/harness/wait.js";
 import { startNats } from "../lib/nats-server.js";
+import { pinGuestApart } from "../lib/stack.js";
 import { argOf, fmt, hasFlag, lineChart, machineLine, median, percentile, REPO_ROOT, table, writeResult, type Series } from "../lib/report.js";
 
 const KILLS = Number(argOf("--kills", "200"));
@@ -70,7 +71,7 @@ function watchExits(client: VesperApiClient, guest: string, probe: string, signa
   return { ready: stream.ready, exits };
 }
 
-async function qemuPart(runDir: string, host: HostProcess, client: VesperApiClient): Promise<PartResult> {
+async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefined>, client: VesperApiClient): Promise<PartResult> {
   const name = "blat1";
   const benchSock = path.join(runDir, "bench.sock");
   const guest = await QemuGuest.start({
@@ -79,8 +80,10 @@ async function qemuPart(runDir: string, host: HostProcess, client: VesperApiClie
     extraArgs: ["-chardev", `socket,id=ch1,path=${benchSock},server=on,wait=off`, "-device", "virtserialport,chardev=ch1,name=org.vesper.bench"],
     appendExtra: [...(NODE_FLAGS === "" ? [] : [`vesper.node_flags=${NODE_FLAGS}`]), ...(TRACE ? ["vesper.log_level=trace"] : [])],
   });
+  const pin = pinGuestApart(guest, hostPids);
+  const pinning = pin.note;
   try {
-    console.log(`guest booted in ${guest.bootMs} ms`);
+    console.log(`guest booted in ${guest.bootMs} ms; ${pinning}`);
     await waitFor("guest online", async () => (await client.listGuests()).find((g) => g.id === name && g.state === 1), { timeoutMs: 120_000, intervalMs: 200 });
     await client.rmmod({ guest: name, probe: "process", flags: 1 }).catch(() => undefined);
     await client.insmod({ guest: name, probe: "process", options: {} });
@@ -212,7 +215,7 @@ async function qemuPart(runDir: string, host: HostProcess, client: VesperApiClie
       pipeline,
       note:
         `clock offset from min-RTT ping over the bench port: RTT ${ms(o1.rtt).toFixed(2)}/${ms(o2.rtt).toFixed(2)} ms ` +
-        `(before/after), offset drift over the run ${drift.toFixed(2)} ms; ${missing} kills without an event. ` +
+        `(before/after), offset drift over the run ${drift.toFixed(2)} ms; ${missing} kills without an event; ${pinning}. ` +
         `Breakdown (medians, ms): kill→exit tracepoint ${median(breakdown.map((b) => b[0]!)).toFixed(2)}, ` +
         `tracepoint→data frame on NATS (guest frontend + virtio-serial + bridge) ${median(breakdown.map((b) => b[1]!)).toFixed(2)}, ` +
         `→event published by the listener ${median(breakdown.map((b) => b[2]!)).toFixed(2)}, ` +
@@ -221,6 +224,7 @@ async function qemuPart(runDir: string, host: HostProcess, client: VesperApiClie
   } finally {
     if (hasFlag("--frontend-log")) console.log((await guest.exec("tail -60 /tmp/frontend.log").catch(() => ({ output: "" }))).output);
     await guest.stop();
+    pin.restore();
   }
 }
 
@@ -310,7 +314,7 @@ async function main(): Promise<void> {
   const client = new VesperApiClient(host.address!, { timeoutMs: 60_000 });
   const parts: PartResult[] = [];
   try {
-    if (!hasFlag("--no-qemu")) parts.push(await qemuPart(runDir, host, client));
+    if (!hasFlag("--no-qemu")) parts.push(await qemuPart(runDir, [host.pid, nats.pid, ...others.map((o) => o.pid)], client));
     if (!hasFlag("--no-nats")) parts.push(await natsPart(runDir, client));
   } finally {
     client.close();

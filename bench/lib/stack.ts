@@ -57,18 +57,30 @@ export async function bootGuest(stack: Stack, name: string, extra: Partial<QemuG
  * Gives the guest's QEMU (all its threads) the last host CPU and moves the host services,
  * NATS and this process to the others, so that what the host does with the events does
  * not take the vCPU's core: the guest then measures its own costs, as on a host with
- * cores to spare. Returns what it did, for the report; nothing on a one-CPU host.
+ * cores to spare. Says what it did, for the report (nothing on a one-CPU host); restore()
+ * gives the moved processes every CPU again.
  */
-export function pinGuestApart(guest: QemuGuest, others: ReadonlyArray<number | undefined>): string {
+export function pinGuestApart(guest: QemuGuest, others: ReadonlyArray<number | undefined>): { note: string; restore(): void } {
   const cpus = availableParallelism();
-  if (cpus < 2 || guest.pid === undefined) return "guest not pinned (one host CPU)";
+  if (cpus < 2 || guest.pid === undefined) return { note: "guest not pinned (one host CPU)", restore: () => undefined };
   const last = String(cpus - 1);
   const rest = cpus === 2 ? "0" : `0-${cpus - 2}`;
-  execFileSync("taskset", ["-a", "-p", "-c", last, String(guest.pid)], { stdio: "ignore" });
-  for (const pid of [...others, process.pid]) {
-    if (pid !== undefined) execFileSync("taskset", ["-a", "-p", "-c", rest, String(pid)], { stdio: "ignore" });
-  }
-  return `QEMU pinned to host CPU ${last}, host services, NATS and the bench to ${rest}`;
+  const moved = [...others, process.pid].filter((p): p is number => p !== undefined);
+  const set = (list: string, pid: number): void => void execFileSync("taskset", ["-a", "-p", "-c", list, String(pid)], { stdio: "ignore" });
+  set(last, guest.pid);
+  for (const pid of moved) set(rest, pid);
+  return {
+    note: `QEMU pinned to host CPU ${last}, host services, NATS and the bench to ${rest}`,
+    restore: () => {
+      for (const pid of moved) {
+        try {
+          set(`0-${cpus - 1}`, pid);
+        } catch {
+          /* gone already */
+        }
+      }
+    },
+  };
 }
 
 /** Compiles bench/load/load.c (static, no libc) with the host's gcc. */

@@ -60,7 +60,7 @@ async function main(): Promise<void> {
   const stack = await startStack({ prefix: "vbo" });
   const { client } = stack;
   const guest = await bootGuest(stack, GUEST, NODE_FLAGS === "" ? {} : { appendExtra: [`vesper.node_flags=${NODE_FLAGS}`] });
-  const pinning = pinGuestApart(guest, [stack.host.pid, stack.nats.pid]);
+  const pinning = pinGuestApart(guest, [stack.host.pid, stack.nats.pid]).note;
   console.log(pinning);
   const nc = await connect({ servers: stack.nats.url });
   let frames = 0;

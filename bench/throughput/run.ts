@@ -46,7 +46,7 @@ async function main(): Promise<void> {
   });
   const { client } = stack;
   const guest = await bootGuest(stack, GUEST, NODE_FLAGS === "" ? {} : { appendExtra: [`vesper.node_flags=${NODE_FLAGS}`] });
-  const pinning = pinGuestApart(guest, [stack.host.pid, stack.nats.pid]);
+  const pinning = pinGuestApart(guest, [stack.host.pid, stack.nats.pid]).note;
   console.log(pinning);
   try {
     await pushFile(guest, buildLoad(stack.runDir), "/tmp/vload");
