@@ -22,7 +22,7 @@ import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect } from "@nats-io/transport-node";
 import { VesperApiClient } from "@vesper/cli";
-import { api } from "@vesper/protocol";
+import { api, subjects } from "@vesper/protocol";
 import { HostProcess } from "../../test/harness/host-process.js";
 import { QemuGuest } from "../../test/harness/qemu-guest.js";
 import { waitFor } from "../../test/harness/wait.js";
@@ -255,6 +255,19 @@ async function natsPart(runDir: string, client: VesperApiClient): Promise<PartRe
       }
     })();
     await nc2.flush();
+    // Breakdown on one clock: when the frontend's data frame and the listener's event were on NATS.
+    const dataAt: bigint[] = [];
+    const eventAt = new Map<number, bigint>();
+    nc2.subscribe(subjects.ringUpData(guest), { callback: () => void dataAt.push(now()) });
+    nc2.subscribe(subjects.events(guest, "benchexit"), {
+      callback: (_e, m) => {
+        const at = now();
+        const r = api.WatchEventsResponse.decode(m.data);
+        if (r.kind?.$case === "event" && !eventAt.has(r.kind.value.pid)) eventAt.set(r.kind.value.pid, at);
+      },
+    });
+    await nc2.flush();
+    const breakdown: number[][] = [];
     const vesper: number[] = [];
     const pipeline: number[] = [];
     let missing = 0;
@@ -272,6 +285,9 @@ async function natsPart(runDir: string, client: VesperApiClient): Promise<PartRe
       else {
         vesper.push(ms(e.at - t));
         pipeline.push(ms(e.at - e.ts));
+        const d = dataAt.find((x) => x > t);
+        const ev = eventAt.get(c.pid!);
+        if (d !== undefined && ev !== undefined) breakdown.push([ms(e.ts) - ms(t), ms(d) - ms(e.ts), ms(ev - d), ms(e.at - ev)]);
       }
     }
     ac.abort();
@@ -281,7 +297,11 @@ async function natsPart(runDir: string, client: VesperApiClient): Promise<PartRe
       raw,
       vesper,
       pipeline,
-      note: `one clock; event waited for with a 1 ms poll (adds ≤ 1 ms to the Vesper side only); ${missing} kills without an event`,
+      note:
+        `one clock; ${missing} kills without an event. Breakdown (medians, ms): kill→exit tracepoint ${median(breakdown.map((b) => b[0]!)).toFixed(2)}, ` +
+        `tracepoint→data frame on NATS (frontend) ${median(breakdown.map((b) => b[1]!)).toFixed(2)}, ` +
+        `→event published by the listener ${median(breakdown.map((b) => b[2]!)).toFixed(2)}, ` +
+        `→gRPC watcher (JetStream + gateway + gRPC) ${median(breakdown.map((b) => b[3]!)).toFixed(2)}`,
     };
   } finally {
     fe.kill("SIGTERM");
