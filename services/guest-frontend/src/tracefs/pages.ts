@@ -314,7 +314,7 @@ export class UrgentReader {
     const lastOff = (count - 1) * pageSize;
     const lastLength = usedBytes(buf, lastOff, n - lastOff, layout);
     // Copied out: the consumer keeps the run until it is acknowledged, the scratch is reused.
-    this.deliver({ cpu: this.cpu, count, pageSize, lastLength, data: Buffer.from(buf.subarray(0, lastOff + lastLength)) });
+    this.deliver({ cpu: this.cpu, count, pageSize, lastLength, data: copyOut(buf, lastOff + lastLength) });
   }
 
   private next(): void {
@@ -368,6 +368,13 @@ export class UrgentReader {
     this.room = room;
     this.after(delay);
   }
+}
+
+/** The first `length` bytes of a scratch buffer, in a buffer of their own (the run keeps it until acknowledged). */
+function copyOut(scratch: Buffer, length: number): Buffer {
+  const out = Buffer.allocUnsafeSlow(length);
+  scratch.copy(out, 0, 0, length);
+  return out;
 }
 
 /** One buffer of `pages` pages and an iovec per page into it. */
@@ -446,17 +453,12 @@ async function* bulkLoop(wake: RawFile, drain: RawFile, cpu: number, opts: ReadP
   const maxPages = opts.maxPagesPerFlush ?? 1024;
   const perBatch = Math.max(1, opts.maxPagesPerBatch ?? 32);
   const interval = Math.max(1, opts.flushIntervalMs);
-  // A batch's buffer, made only once the last one went out with its pages.
-  let buf: Buffer | undefined;
-  let iov: Buffer[] = [];
-  const fresh = (): Buffer => {
-    if (buf === undefined) ({ buf, iov } = scratchPages(perBatch, pageSize));
-    return buf;
-  };
+  // One readv target for every batch; each run gets a copy of what it holds. Under the
+  // interpreter, making a batch's page views anew cost more than copying its bytes out.
+  const { buf, iov } = scratchPages(perBatch, pageSize);
   let emptyReads = 0;
   while (!signal.aborted) {
     // 1. Nothing to do until the first page: a blocking read on a pool thread.
-    fresh();
     const n0 = await wake.read(iov[0]!);
     if (signal.aborted) break;
     if (n0 < 0) continue; // EINTR
@@ -478,14 +480,12 @@ async function* bulkLoop(wake: RawFile, drain: RawFile, cpu: number, opts: ReadP
     let pending = 1; // pages already in `buf`
     if (n0 < pageSize) {
       // A short read (not a whole page, unlike every kernel seen): it goes out alone.
-      const b = buf!;
-      buf = undefined;
-      yield { cpu, count: 1, pageSize, lastLength: usedBytes(b, 0, n0, opts.layout), data: b.subarray(0, usedBytes(b, 0, n0, opts.layout)) };
+      const used = usedBytes(buf, 0, n0, opts.layout);
+      yield { cpu, count: 1, pageSize, lastLength: used, data: copyOut(buf, used) };
       pending = 0;
     }
     let read = 0;
     while (read < maxPages && !signal.aborted) {
-      const b = fresh();
       const want = perBatch - pending;
       let n = want > 0 ? drain.readvSync(pending === 0 ? iov : iov.slice(pending)) : 0;
       if (n === 0 && want > 0) {
@@ -498,10 +498,9 @@ async function* bulkLoop(wake: RawFile, drain: RawFile, cpu: number, opts: ReadP
       if (total === 0) break;
       const count = Math.ceil(total / pageSize);
       const lastOff = (count - 1) * pageSize;
-      const lastLength = usedBytes(b, lastOff, total - lastOff, opts.layout);
+      const lastLength = usedBytes(buf, lastOff, total - lastOff, opts.layout);
       read += count;
-      buf = undefined; // the run keeps it until acknowledged
-      yield { cpu, count, pageSize, lastLength, data: b.subarray(0, lastOff + lastLength) };
+      yield { cpu, count, pageSize, lastLength, data: copyOut(buf, lastOff + lastLength) };
       pending = 0;
       if (n < 0 || got < want * pageSize) break; // nothing more for now
       // Once the writer's page is read, stop until next time: draining "until EAGAIN" never
