@@ -84,6 +84,9 @@ class Writer {
     this.buf[this.o++] = tag;
     this.varint(n);
   }
+  bytes(b: Buffer): void {
+    this.o += b.copy(this.buf, this.o);
+  }
   str(tag: number, s: string): void {
     const n = Buffer.byteLength(s);
     if (n === 0) return;
@@ -105,6 +108,44 @@ function cpuSeqLen(c: CpuSeq): number {
 }
 
 /**
+ * The fields that are the same in every message of a frontend (version, guest_id) and of a
+ * load (probe, load_id), encoded once: under the interpreter, their strings and BigInt
+ * varints were most of the encoder's time.
+ */
+let guestCache: { version: number; guestId: string; bytes: Buffer } | undefined;
+const probeCache = new Map<string, { loadId: bigint; bytes: Buffer }>();
+const MAX_CACHED_PROBES = 256;
+
+function encodeFields(text: string, put: (w: Writer) => void): Buffer {
+  // Room for the string, two tags, a length and a 64-bit varint.
+  const w = new Writer(Buffer.allocUnsafe(Buffer.byteLength(text) + 24));
+  put(w);
+  return Buffer.from(w.buf.subarray(0, w.o));
+}
+
+function guestFields(version: number, guestId: string): Buffer {
+  if (guestCache?.version === version && guestCache.guestId === guestId) return guestCache.bytes;
+  const bytes = encodeFields(guestId, (w) => {
+    w.field(0x08, version); // GuestMessage.version = 1
+    w.str(0x12, guestId); // GuestMessage.guest_id = 2
+  });
+  guestCache = { version, guestId, bytes };
+  return bytes;
+}
+
+function probeFields(probe: string, loadId: bigint): Buffer {
+  const hit = probeCache.get(probe);
+  if (hit !== undefined && hit.loadId === loadId) return hit.bytes;
+  const bytes = encodeFields(probe, (w) => {
+    w.str(0x0a, probe); // ProbeData.probe = 1
+    w.field(0x18, loadId); // ProbeData.load_id = 3
+  });
+  if (probeCache.size >= MAX_CACHED_PROBES) probeCache.clear();
+  probeCache.set(probe, { loadId, bytes });
+  return bytes;
+}
+
+/**
  * Encodes the data message as parts whose concatenation is the message (with
  * `framed`, preceded by its frame header of kind Data; the caller checks the size limit).
  */
@@ -118,14 +159,14 @@ export function encodeDataMessage(
   runs: readonly DataRun[],
   framed = false,
 ): Buffer[] {
-  const probeBytes = Buffer.byteLength(probe);
-  const guestBytes = Buffer.byteLength(guestId);
+  const head = guestFields(version, guestId);
+  const probeHead = probeFields(probe, loadId);
   const ackLens = acked.map(cpuSeqLen);
   const runLens = runs.map(runLen);
-  let dataLen = (probeBytes !== 0 ? 1 + varintLen(probeBytes) + probeBytes : 0) + field(loadId);
+  let dataLen = probeHead.length;
   for (const l of ackLens) dataLen += 1 + varintLen(l) + l;
   for (const l of runLens) dataLen += 1 + varintLen(l) + l;
-  const total = field(version) + (guestBytes !== 0 ? 1 + varintLen(guestBytes) + guestBytes : 0) + field(seq) + 1 + varintLen(dataLen) + dataLen;
+  const total = head.length + field(seq) + 1 + varintLen(dataLen) + dataLen;
 
   // Everything but the run data goes into one buffer, cut into the parts between the runs.
   let headBytes = (framed ? FRAME_HEADER_BYTES : 0) + total;
@@ -139,12 +180,10 @@ export function encodeDataMessage(
     w.buf.writeUInt32BE(total, 4);
     w.o = FRAME_HEADER_BYTES;
   }
-  w.field(0x08, version);
-  w.str(0x12, guestId);
+  w.bytes(head); // version, guest_id
   w.field(0x18, seq);
   w.len(0x6a, dataLen); // GuestMessage.data = 13
-  w.str(0x0a, probe); // ProbeData.probe = 1
-  w.field(0x18, loadId); // ProbeData.load_id = 3
+  w.bytes(probeHead); // ProbeData.probe = 1, load_id = 3
   acked.forEach((c, i) => {
     w.len(0x22, ackLens[i]!); // ProbeData.acked = 4
     w.field(0x08, c.cpu);

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
-import { decodeGuestMessage, encodeFrame, encodeGuestMessage, FrameKind, PROTOCOL_VERSION } from "@vesper/protocol";
+import { decodeGuestMessage, encodeFrame, encodeGuestMessage, FrameKind, PROTOCOL_VERSION, ring } from "@vesper/protocol";
 import { encodeDataMessage, type DataRun } from "../src/data-encoder.js";
 
 const u64 = fc.bigInt({ min: 0n, max: 2n ** 64n - 1n });
@@ -36,6 +36,25 @@ test("encodeDataMessage matches GuestMessage.encode byte for byte", () => {
     }),
     { numRuns: 500 },
   );
+});
+
+test("the cached guest and probe fields follow a new version, guest id or load id", () => {
+  const runs: DataRun[] = [{ cpu: 0, firstSeq: 1, count: 1, pageSize: 4096, lastLength: 20, data: Buffer.alloc(20, 1) }];
+  for (const [version, guestId, probe, loadId] of [
+    [PROTOCOL_VERSION, "web1", "process", 1n],
+    [PROTOCOL_VERSION, "web1", "process", 2n ** 63n],
+    [PROTOCOL_VERSION, "web2", "process", 2n ** 63n],
+    [0, "web2", "process", 5n],
+    [PROTOCOL_VERSION, "web2", "files", 5n],
+    [PROTOCOL_VERSION, "web2", "process", 1n],
+  ] as const) {
+    const parts = encodeDataMessage(version, guestId, 3n, probe, loadId, [], runs);
+    const back = ring.GuestMessage.decode(Buffer.concat(parts));
+    assert.equal(back.version, version);
+    assert.equal(back.guestId, guestId);
+    assert.equal(back.body?.$case === "data" && back.body.value.probe, probe);
+    assert.equal(back.body?.$case === "data" && back.body.value.loadId, loadId);
+  }
 });
 
 test("run bytes go out as they are, not copied; framed output is the frame the generic path builds", () => {
