@@ -4,7 +4,7 @@
  */
 import { execFileSync } from "node:child_process";
 import { availableParallelism } from "node:os";
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { VesperApiClient } from "@vesper/cli";
 import { HostProcess } from "../../test/harness/host-process.js";
@@ -54,27 +54,35 @@ export async function bootGuest(stack: Stack, name: string, extra: Partial<QemuG
 }
 
 /**
- * Gives the guest's QEMU (all its threads) the last host CPU and moves the host services,
- * NATS and this process to the others, so that what the host does with the events does
- * not take the vCPU's core: the guest then measures its own costs, as on a host with
- * cores to spare. Says what it did, for the report (nothing on a one-CPU host); restore()
- * gives the moved processes every CPU again.
+ * Gives the guest's vCPU thread (QEMU's "CPU 0/TCG") the last host CPU and moves QEMU's
+ * other threads (its main loop serves the virtio-serial chardevs), the host services, NATS
+ * and this process to the others, as `virsh vcpupin` would: what the host does with the
+ * events then does not take the vCPU's core, and the guest measures its own costs, as on a
+ * host with cores to spare. Says what it did, for the report (nothing on a one-CPU host);
+ * restore() gives every moved process all CPUs again.
  */
 export function pinGuestApart(guest: QemuGuest, others: ReadonlyArray<number | undefined>): { note: string; restore(): void } {
   const cpus = availableParallelism();
-  if (cpus < 2 || guest.pid === undefined) return { note: "guest not pinned (one host CPU)", restore: () => undefined };
+  const qemu = guest.pid;
+  if (cpus < 2 || qemu === undefined) return { note: "guest not pinned (one host CPU)", restore: () => undefined };
+  const tasks = readdirSync(`/proc/${qemu}/task`);
+  const vcpus = tasks.filter((t) => /^CPU \d+\/TCG/.test(readFileSync(`/proc/${qemu}/task/${t}/comm`, "utf8")));
+  if (vcpus.length !== 1) return { note: `guest not pinned (${vcpus.length} vCPU threads found)`, restore: () => undefined };
   const last = String(cpus - 1);
   const rest = cpus === 2 ? "0" : `0-${cpus - 2}`;
+  const all = `0-${cpus - 1}`;
+  const set = (list: string, pid: number | string, allThreads: boolean): void =>
+    void execFileSync("taskset", [...(allThreads ? ["-a"] : []), "-p", "-c", list, String(pid)], { stdio: "ignore" });
   const moved = [...others, process.pid].filter((p): p is number => p !== undefined);
-  const set = (list: string, pid: number): void => void execFileSync("taskset", ["-a", "-p", "-c", list, String(pid)], { stdio: "ignore" });
-  set(last, guest.pid);
-  for (const pid of moved) set(rest, pid);
+  for (const pid of moved) set(rest, pid, true);
+  set(rest, qemu, true);
+  set(last, vcpus[0]!, false);
   return {
-    note: `QEMU pinned to host CPU ${last}, host services, NATS and the bench to ${rest}`,
+    note: `the guest's vCPU thread pinned to host CPU ${last}; QEMU's other threads, host services, NATS and the bench to ${rest}`,
     restore: () => {
       for (const pid of moved) {
         try {
-          set(`0-${cpus - 1}`, pid);
+          set(all, pid, true);
         } catch {
           /* gone already */
         }

@@ -179,6 +179,8 @@ export class QemuGuest {
     if (opts.appendExtra) append.push(...opts.appendExtra);
 
     this.qemuArgs = [
+      // Named threads ("CPU 0/TCG"): benchmarks pin the vCPU thread apart.
+      "-name", `${opts.name},debug-threads=on`,
       "-machine", "q35,accel=tcg",
       "-m", String(opts.memoryMb ?? 512),
       "-smp", String(opts.cpus ?? 1),
