@@ -93,6 +93,7 @@ export class PageDecoder {
   private readonly plans = new Map<number, Plan>();
   /** minSize by event id for scan(): -1 = unknown id (ids above its length: see minSizeOf). */
   private minSizes = new Int32Array(0);
+  private views: { buffer: ArrayBufferLike; u32: Uint32Array; u16: Uint16Array } | undefined;
   private readonly typeOffset: number;
   private readonly typeSize: number;
   private readonly layout: HeaderPageLayout;
@@ -175,8 +176,11 @@ export class PageDecoder {
     if ((page.byteOffset & 3) !== 0 || (dataOffset & 3) !== 0 || (commitOffset & 3) !== 0 || (this.typeOffset & 1) !== 0) {
       page = Uint8Array.prototype.slice.call(page);
     }
-    const u32 = new Uint32Array(page.buffer, page.byteOffset, pageLen >>> 2);
-    const commitWord = u32[commitOffset >>> 2]!;
+    // Views over the page's whole buffer, kept while pages come from it (the pages of a run
+    // share one): making two views cost more than walking a page's records.
+    const { u32, u16 } = this.viewsOf(page.buffer);
+    const base = page.byteOffset >>> 2; // the page's first word in u32
+    const commitWord = u32[base + (commitOffset >>> 2)]!;
     const commit = commitWord & COMMIT_MASK;
     const r: PageScan = { events: 0, missedEvents: 0, bad: 0, firstError: undefined };
     if (commitWord & MISSED_EVENTS) {
@@ -184,8 +188,8 @@ export class PageDecoder {
       if (commitWord & MISSED_STORED) {
         const at = dataOffset + commit;
         if (at + commitSize <= pageLen && (at & 3) === 0) {
-          const lo = u32[at >>> 2]!;
-          const hi = commitSize === 8 ? u32[(at >>> 2) + 1]! : 0;
+          const lo = u32[base + (at >>> 2)]!;
+          const hi = commitSize === 8 ? u32[base + (at >>> 2) + 1]! : 0;
           r.missedEvents = hi >= 1 << 21 ? Number.MAX_SAFE_INTEGER : hi * 2 ** 32 + lo;
         } else scanProblem(r, `missed-events count at data offset ${commit} lies past the page end`);
       }
@@ -195,23 +199,23 @@ export class PageDecoder {
       scanProblem(r, `commit of ${commit} bytes exceeds the ${pageLen - dataOffset} data bytes of the page`);
       end = pageLen;
     }
-    const typeSize = this.typeSize;
-    if (typeSize !== 2) return this.scanSlow(page, r);
-    const u16 = new Uint16Array(page.buffer, page.byteOffset, pageLen >>> 1);
+    if (this.typeSize !== 2) return this.scanSlow(page, r);
+    const typeHalf = this.typeOffset >>> 1; // in 16-bit words from the record start
+    const endW = base + (end >>> 2); // in 32-bit words, like every index below
+    const firstW = base + (dataOffset >>> 2);
     if (this.minSizes.length === 1 << 16) {
       // The hot path: every record in one tight loop; a problem stops it and the slow walk
       // below (same checks) says what it was.
-      const endW = end >>> 2;
-      const got = countRecords(u32, u16, this.minSizes, dataOffset >>> 2, endW, this.typeOffset >>> 1);
+      const got = countRecords(u32, u16, this.minSizes, firstW, endW, typeHalf);
       if (got >= 0) {
         r.events = got;
         return r;
       }
     }
-    const typeHalf = this.typeOffset >>> 1; // in 16-bit words from the record start
     const dense = this.minSizes;
-    const endW = end >>> 2; // in 32-bit words
-    let w = dataOffset >>> 2;
+    const endB = page.byteOffset + end; // the committed data's end in the buffer, in bytes
+    const at = (w: number): number => (w - firstW) * 4; // a word's offset in the page's data, for messages
+    let w = firstW;
     let events = 0;
     let problem = "";
     while (w < endW) {
@@ -224,17 +228,17 @@ export class PageDecoder {
         recLen = typeLen << 2;
         w = recW + typeLen;
         if (w > endW) {
-          problem = `record at ${(recW - 1) * 4 - dataOffset}: ${recLen} bytes run past the committed data`;
+          problem = `record at ${at(recW - 1)}: ${recLen} bytes run past the committed data`;
           break;
         }
       } else if (typeLen === 0) {
         if (w + 2 > endW) {
-          problem = `record at ${w * 4 - dataOffset}: length word past the committed data`;
+          problem = `record at ${at(w)}: length word past the committed data`;
           break;
         }
         const len = u32[w + 1]!;
-        if (len < 4 || len > end - w * 4 - 4 || (len & 3) !== 0) {
-          problem = `record at ${w * 4 - dataOffset}: length ${len} invalid or past the committed data`;
+        if (len < 4 || len > endB - w * 4 - 4 || (len & 3) !== 0) {
+          problem = `record at ${at(w)}: length ${len} invalid or past the committed data`;
           break;
         }
         recW = w + 2;
@@ -243,13 +247,13 @@ export class PageDecoder {
       } else {
         if (typeLen === TYPE_PADDING && hdr >>> 5 === 0) break; // the rest of the page is padding
         if (w + 2 > endW) {
-          problem = `record at ${w * 4 - dataOffset}: type ${typeLen} header runs past the committed data`;
+          problem = `record at ${at(w)}: type ${typeLen} header runs past the committed data`;
           break;
         }
         if (typeLen === TYPE_PADDING) {
           const word = u32[w + 1]!;
-          if (word < 4 || word > end - w * 4 - 4 || (word & 3) !== 0) {
-            problem = `padding at ${w * 4 - dataOffset}: length ${word} invalid or past the committed data`;
+          if (word < 4 || word > endB - w * 4 - 4 || (word & 3) !== 0) {
+            problem = `padding at ${at(w)}: length ${word} invalid or past the committed data`;
             break;
           }
           w += (word >>> 2) + 1;
@@ -259,11 +263,20 @@ export class PageDecoder {
       const id = u16[(recW << 1) + typeHalf]!;
       const min = id < dense.length ? dense[id]! : this.minSizeOf(id);
       if (min >= 0 && recLen >= min) events++;
-      else scanProblem(r, min < 0 ? `record at ${recW * 4 - dataOffset}: unknown event id ${id}` : `record at ${recW * 4 - dataOffset}: event id ${id} needs ${min} bytes, has ${recLen}`);
+      else scanProblem(r, min < 0 ? `record at ${at(recW)}: unknown event id ${id}` : `record at ${at(recW)}: event id ${id} needs ${min} bytes, has ${recLen}`);
     }
     if (problem !== "") scanProblem(r, problem);
     r.events = events;
     return r;
+  }
+
+  /** Word and half-word views over a whole buffer, reused while pages come from the same one. */
+  private viewsOf(buffer: ArrayBufferLike): { u32: Uint32Array; u16: Uint16Array } {
+    const v = this.views;
+    if (v !== undefined && v.buffer === buffer) return v;
+    const words = Math.floor(buffer.byteLength / 4);
+    this.views = { buffer, u32: new Uint32Array(buffer, 0, words), u16: new Uint16Array(buffer, 0, words * 2) };
+    return this.views;
   }
 
   /** scan() for event ids that are not 16 bits wide (no kernel today): byte reads. */
