@@ -54,7 +54,11 @@ function pages(capture: string): Buffer[] {
 let seq = 0n;
 const loadId = BigInt(Date.now());
 const GAP_TIMEOUT_MS = 300;
-const acks: ring.DataAck[] = [];
+/** Long enough to tell an ack that waited for company from one sent at once. */
+const ACK_DELAY_MS = 3_000;
+const acks: Array<{ at: number; ack: ring.DataAck }> = [];
+const bulkGuest = `lossb${process.pid}`;
+const bulkAcks: Array<{ at: number; ack: ring.DataAck }> = [];
 function send(probe: string, cpu: number, pageSeq: bigint, page: Buffer, guestId = guest): void {
   seq++;
   const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId, seq, body: { $case: "data", value: { probe, pages: [{ cpu, seq: pageSeq, page }], loadId, acked: [], runs: [] } } };
@@ -63,14 +67,16 @@ function send(probe: string, cpu: number, pageSeq: bigint, page: Buffer, guestId
 
 before(async () => {
   nc = await connectNats({ name: "test-listener-losses", log });
-  const down = nc.subscribe(subjects.ringDown(guest));
-  void (async () => {
-    for await (const m of down) {
-      const msg = decodeHostMessage(m.data);
-      if (msg.body?.$case === "ack") acks.push(msg.body.value);
-    }
-  })();
-  listener = new ProbeListener({ nc, log, store: await ProbeStore.open(nc), gapTimeoutMs: GAP_TIMEOUT_MS });
+  for (const g of [guest, bulkGuest]) {
+    const down = nc.subscribe(subjects.ringDown(g));
+    void (async () => {
+      for await (const m of down) {
+        const msg = decodeHostMessage(m.data);
+        if (msg.body?.$case === "ack") (g === guest ? acks : bulkAcks).push({ at: Date.now(), ack: msg.body.value });
+      }
+    })();
+  }
+  listener = new ProbeListener({ nc, log, store: await ProbeStore.open(nc), gapTimeoutMs: GAP_TIMEOUT_MS, ackDelayMs: ACK_DELAY_MS });
   await listener.start();
   const loaded: ring.LoadedProbe = { instance: "vesper-fixture", formats: formats(), headerPage: read("header_page"), pageSize: 4096, cpus: 1, loadId };
   const r = await request(nc, subjects.listenerAttach, bus.AttachRequest, bus.AttachResponse, { guest, spec, loaded });
@@ -97,7 +103,7 @@ async function collect(startSeq: number, until: (rs: api.WatchEventsResponse[]) 
   return out;
 }
 
-const ackedTo = (s: bigint, resend = false): boolean => acks.some((a) => a.loadId === loadId && a.resend === resend && a.cpus.some((c) => c.cpu === 0 && c.seq === s));
+const ackedTo = (s: bigint, resend = false): boolean => acks.some(({ ack: a }) => a.loadId === loadId && a.resend === resend && a.cpus.some((c) => c.cpu === 0 && c.seq === s));
 
 test("kernel-reported losses, sequence gaps and replays are all accounted for", async () => {
   const info = await (await jetstreamManager(nc)).streams.info(EVENTS_STREAM);
@@ -137,4 +143,30 @@ test("data that claims another guest is dropped and counted, not published", asy
   const before = listener.counts(guest).wrongGuest;
   send("fixture", 0, 10n, pages("basic")[0]!, "someone-else");
   await waitFor("the wrong-guest drop to be counted", () => listener.counts(guest).wrongGuest === before + 1, { timeoutMs: 10_000 });
+});
+
+test("acks: a few stored pages wait for company (ackDelayMs), a window's worth goes out at once", async () => {
+  const bulkSpec: ring.ProbeSpec = { ...spec, delivery: ring.DeliveryMode.DELIVERY_MODE_BULK };
+  const loaded: ring.LoadedProbe = { instance: "vesper-fixture", formats: formats(), headerPage: read("header_page"), pageSize: 4096, cpus: 1, loadId };
+  const r = await request(nc, subjects.listenerAttach, bus.AttachRequest, bus.AttachResponse, { guest: bulkGuest, spec: bulkSpec, loaded });
+  assert.equal(r.error, undefined);
+  const page = pages("basic")[0]!;
+  const acked = (s: bigint): number | undefined => bulkAcks.find(({ ack }) => ack.loadId === loadId && ack.cpus.some((c) => c.cpu === 0 && c.seq >= s))?.at;
+  const sendPages = (from: number, n: number): number => {
+    seq++;
+    const ps = Array.from({ length: n }, (_, i) => ({ cpu: 0, seq: BigInt(from + i), page }));
+    const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId: bulkGuest, seq, body: { $case: "data", value: { probe: "fixture", pages: ps, loadId, acked: [], runs: [] } } };
+    nc.publish(subjects.ringUpData(bulkGuest), encodeGuestMessage(msg));
+    return Date.now();
+  };
+
+  // 40 pages: more than ACK_SOON_PAGES wait, so the ack does not wait the 3 s.
+  const sentMany = sendPages(1, 40);
+  await waitFor("40 pages acknowledged", () => acked(40n), { timeoutMs: 10_000 });
+  assert.ok(acked(40n)! - sentMany < ACK_DELAY_MS - 500, `the ack for 40 pages took ${acked(40n)! - sentMany} ms`);
+
+  // One page: its ack waits ackDelayMs for others to join it.
+  const sentOne = sendPages(41, 1);
+  await waitFor("page 41 acknowledged", () => acked(41n), { timeoutMs: ACK_DELAY_MS + 10_000 });
+  assert.ok(acked(41n)! - sentOne >= ACK_DELAY_MS - 100, `the ack for one page came after ${acked(41n)! - sentOne} ms`);
 });

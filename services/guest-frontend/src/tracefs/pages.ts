@@ -65,7 +65,7 @@ export interface ReadPagesOptions {
   maxPagesPerFlush?: number;
   /** After abort, how long a blocked read may take to return by itself before its fd is closed. Default 25 ms. */
   wakeGraceMs?: number;
-  /** Most pages per readv(2), i.e. per run (bulk drains; urgent drains after a coalescing wait). Default 32 (128 KiB of 4 KiB pages). */
+  /** Most pages per readv(2), i.e. per run (bulk drains; urgent drains after a coalescing wait). Default 32; the frontend passes its message limit (64). */
   maxPagesPerBatch?: number;
   /** The page header layout (events/header_page): with it, pages are cut to the bytes they hold. */
   layout?: PageLayout;
@@ -126,7 +126,7 @@ class RawFile {
   }
 
   /**
-   * Non-blocking fds only (bulk mode): readv(2) on this thread, no pool-thread round trip
+   * Non-blocking fds only (bulk drains, urgent drains under load): readv(2) on this thread, no pool-thread round trip
    * (a round trip costs more than the read itself, under TCG about a millisecond).
    * Same results as read().
    */
