@@ -131,7 +131,7 @@ export class Frontend implements CommandHandler {
         ok = false;
         continue;
       }
-      if (w.hasRoom(1)) rp.urgent[c.cpu]?.resume(w.room);
+      rp.urgent[c.cpu]?.resume(w.room); // a reader waiting for room goes on (resume ignores 0)
       if (w.hasUnsent) this.kick(rp, c.cpu);
     }
     return ok;

@@ -310,11 +310,7 @@ export class UrgentReader {
       );
       return;
     }
-    const count = Math.ceil(n / pageSize);
-    const lastOff = (count - 1) * pageSize;
-    const lastLength = usedBytes(buf, lastOff, n - lastOff, layout);
-    // Copied out: the consumer keeps the run until it is acknowledged, the scratch is reused.
-    this.deliver({ cpu: this.cpu, count, pageSize, lastLength, data: copyOut(buf, lastOff + lastLength) });
+    this.deliver(runOf(this.cpu, buf, n, pageSize, layout));
   }
 
   private next(): void {
@@ -323,25 +319,23 @@ export class UrgentReader {
   }
 
   private onRead(n: number, err?: Error): void {
-    const { signal, pageSize } = this.opts;
+    const { signal, pageSize, layout } = this.opts;
     if (err !== undefined) return this.finish(err);
     if (signal.aborted) return this.finish();
     if (n > 0) {
       this.emptyReads = 0;
-      const used = usedBytes(this.buf, 0, n, this.opts.layout);
-      return this.deliver({ cpu: this.cpu, count: 1, pageSize, lastLength: used, data: Buffer.from(this.buf.subarray(0, used)) });
+      return this.deliver(runOf(this.cpu, this.buf, n, pageSize, layout));
     }
     if (n < 0) return this.next(); // EINTR
     // EOF although nobody stopped us: tracing_on went 0, or the file was flushed
     // (a child process closed its inherited copy). Reopen; back off if it repeats.
     this.emptyReads++;
-    const wait = this.emptyReads > 2 ? Math.min(5 * 2 ** (this.emptyReads - 3), 200) : 0;
     setTimeout(() => {
       void this.raw.reopen().then(
         (ok) => (ok ? this.next() : this.finish()),
         (e: unknown) => this.finish(e as Error),
       );
-    }, wait);
+    }, eofBackoffMs(this.emptyReads));
   }
 
   /** Pages just read go to the consumer; the next read follows at once, or after a coalescing wait under load. */
@@ -370,11 +364,22 @@ export class UrgentReader {
   }
 }
 
-/** The first `length` bytes of a scratch buffer, in a buffer of their own (the run keeps it until acknowledged). */
-function copyOut(scratch: Buffer, length: number): Buffer {
-  const out = Buffer.allocUnsafeSlow(length);
-  scratch.copy(out, 0, 0, length);
-  return out;
+/**
+ * The run in the first `bytes` bytes of a read buffer (whole pages, the last cut after what it
+ * holds), copied out: the consumer keeps it until it is acknowledged, the buffer is read into again.
+ */
+function runOf(cpu: number, buf: Buffer, bytes: number, pageSize: number, layout: PageLayout | undefined): RunRead {
+  const count = Math.ceil(bytes / pageSize);
+  const lastOff = (count - 1) * pageSize;
+  const lastLength = usedBytes(buf, lastOff, bytes - lastOff, layout);
+  const data = Buffer.allocUnsafe(lastOff + lastLength); // small runs share Node's pool, as Buffer.from did
+  buf.copy(data, 0, 0, data.length);
+  return { cpu, count, pageSize, lastLength, data };
+}
+
+/** After the n-th EOF in a row: reopen at once twice, then back off 5, 10, 20 ... up to 200 ms. */
+function eofBackoffMs(n: number): number {
+  return n > 2 ? Math.min(5 * 2 ** (n - 3), 200) : 0;
 }
 
 /** One buffer of `pages` pages and an iovec per page into it. */
@@ -453,8 +458,8 @@ async function* bulkLoop(wake: RawFile, drain: RawFile, cpu: number, opts: ReadP
   const maxPages = opts.maxPagesPerFlush ?? 1024;
   const perBatch = Math.max(1, opts.maxPagesPerBatch ?? 32);
   const interval = Math.max(1, opts.flushIntervalMs);
-  // One readv target for every batch; each run gets a copy of what it holds. Under the
-  // interpreter, making a batch's page views anew cost more than copying its bytes out.
+  // One readv target for every batch; each run gets a copy of what it holds (runOf). Under
+  // the interpreter, making a batch's page views anew cost more than copying its bytes out.
   const { buf, iov } = scratchPages(perBatch, pageSize);
   let emptyReads = 0;
   while (!signal.aborted) {
@@ -465,7 +470,7 @@ async function* bulkLoop(wake: RawFile, drain: RawFile, cpu: number, opts: ReadP
     if (n0 === 0) {
       // EOF although nobody stopped us (tracing_on went 0, or the file was flushed): reopen.
       emptyReads++;
-      if (emptyReads > 2) await sleep(Math.min(5 * 2 ** (emptyReads - 3), 200), signal);
+      if (eofBackoffMs(emptyReads) > 0) await sleep(eofBackoffMs(emptyReads), signal);
       if (!(await wake.reopen())) break;
       continue;
     }
@@ -480,8 +485,7 @@ async function* bulkLoop(wake: RawFile, drain: RawFile, cpu: number, opts: ReadP
     let pending = 1; // pages already in `buf`
     if (n0 < pageSize) {
       // A short read (not a whole page, unlike every kernel seen): it goes out alone.
-      const used = usedBytes(buf, 0, n0, opts.layout);
-      yield { cpu, count: 1, pageSize, lastLength: used, data: copyOut(buf, used) };
+      yield runOf(cpu, buf, n0, pageSize, opts.layout);
       pending = 0;
     }
     let read = 0;
@@ -496,16 +500,14 @@ async function* bulkLoop(wake: RawFile, drain: RawFile, cpu: number, opts: ReadP
       const got = n > 0 ? n : 0;
       const total = pending * pageSize + got;
       if (total === 0) break;
-      const count = Math.ceil(total / pageSize);
-      const lastOff = (count - 1) * pageSize;
-      const lastLength = usedBytes(buf, lastOff, total - lastOff, opts.layout);
-      read += count;
-      yield { cpu, count, pageSize, lastLength, data: copyOut(buf, lastOff + lastLength) };
+      const run = runOf(cpu, buf, total, pageSize, opts.layout);
+      read += run.count;
+      yield run;
       pending = 0;
       if (n < 0 || got < want * pageSize) break; // nothing more for now
       // Once the writer's page is read, stop until next time: draining "until EAGAIN" never
       // ends when the probe sees our own reads (raw_syscalls), each a page holding our last call.
-      if (opts.layout !== undefined && lastLength < pageSize - PARTIAL_PAGE_SLACK) break;
+      if (opts.layout !== undefined && run.lastLength < pageSize - PARTIAL_PAGE_SLACK) break;
     }
   }
 }
