@@ -38,6 +38,13 @@ function cpuTicks(pid: number): number {
     return 0;
   }
 }
+/** Whole-machine CPU jiffies (busy, total) from /proc/stat, to show when the 2 cores are saturated. */
+function machineTicks(): { busy: number; total: number } {
+  const cpu = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = cpu.reduce((a, b) => a + b, 0);
+  const idle = (cpu[3] ?? 0) + (cpu[4] ?? 0); // idle + iowait
+  return { busy: total - idle, total };
+}
 function rssMb(pid: number): number {
   try {
     const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
@@ -53,6 +60,10 @@ interface SizeResult {
   evPerS: number;
   hostCpuPct: number;
   feCpuPct: number;
+  /** The bench process itself: the signals it sends and, in the kernel, every instance's filter on each. */
+  loadCpuPct: number;
+  /** All CPUs busy, % of one CPU (200 = both cores). */
+  machineBusyPct: number;
   hostRssMb: number;
   hostRssBaseMb: number;
   feRssMb: number;
@@ -157,9 +168,16 @@ async function runSize(n: number): Promise<SizeResult> {
     await sleep(3000); // warm-up
     measuring = true;
     const pids = fes.map((f) => f.pid!);
-    const c0 = { host: cpuTicks(hostPid) + cpuTicks(natsPid), fe: pids.reduce((s, p) => s + cpuTicks(p), 0), t: performance.now() };
+    const sample = () => ({
+      host: cpuTicks(hostPid) + cpuTicks(natsPid),
+      fe: pids.reduce((s, p) => s + cpuTicks(p), 0),
+      load: cpuTicks(process.pid),
+      machine: machineTicks(),
+      t: performance.now(),
+    });
+    const c0 = sample();
     await sleep(SECONDS * 1000);
-    const c1 = { host: cpuTicks(hostPid) + cpuTicks(natsPid), fe: pids.reduce((s, p) => s + cpuTicks(p), 0), t: performance.now() };
+    const c1 = sample();
     const hostRssMb = rssMb(hostPid) + rssMb(natsPid);
     const feRssMb = pids.reduce((m, p) => m + rssMb(p), 0) / n; // per guest
     firing = false;
@@ -174,6 +192,8 @@ async function runSize(n: number): Promise<SizeResult> {
       evPerS: got / secs,
       hostCpuPct: ((c1.host - c0.host) / TICK / secs) * 100,
       feCpuPct: ((c1.fe - c0.fe) / TICK / secs) * 100,
+      loadCpuPct: ((c1.load - c0.load) / TICK / secs) * 100,
+      machineBusyPct: ((c1.machine.busy - c0.machine.busy) / (c1.machine.total - c0.machine.total)) * os.cpus().length * 100,
       hostRssMb,
       hostRssBaseMb,
       feRssMb,
@@ -204,7 +224,7 @@ async function main(): Promise<void> {
     console.log(`size ${n}`);
     const r = await runSize(n);
     results.push(r);
-    console.log(`  ${r.events} events (${r.evPerS.toFixed(0)}/s), p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, host services CPU ${r.hostCpuPct.toFixed(1)} %, RSS ${r.hostRssMb.toFixed(0)} MB`);
+    console.log(`  ${r.events} events (${r.evPerS.toFixed(0)}/s), p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, host services CPU ${r.hostCpuPct.toFixed(1)} %, frontends ${r.feCpuPct.toFixed(0)} %, load generator ${r.loadCpuPct.toFixed(0)} %, machine ${r.machineBusyPct.toFixed(0)} % of ${os.cpus().length * 100}, RSS ${r.hostRssMb.toFixed(0)} MB`);
   }
   const base = results[0]!;
   const head = ["guests", "events/s", "host services CPU %", "CPU % per guest", "host services RSS MB", "RSS growth per guest MB", "frontends CPU % (simulated guests)", "frontend RSS MB per guest", "p50 ms", "p99 ms", "p99 vs 1 guest"];

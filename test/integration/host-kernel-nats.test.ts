@@ -178,6 +178,29 @@ test("a bulk probe's pages are stored as pages and reach the watcher decoded", {
   assert.equal(r.guestClean, true);
 });
 
+test("the guest's probe stats reach the probe-listener; the control side refuses none of its messages", { timeout: 120_000 }, async () => {
+  // The frontend reports a busy probe's kernel counters every 5 s, on the data channel.
+  await client.insmod({ guest, probe: "exits", options: {} });
+  const drops = async (): Promise<api.GuestDrops> => (await client.listGuests()).find((x) => x.id === guest)!.drops!;
+  const before = await drops();
+  const children: ChildProcess[] = [];
+  try {
+    await waitFor("a stats report at the listener", async () => {
+      // Keep the probe busy: stats go out only while its counters move.
+      const c = spawn("true", [], { stdio: "ignore" });
+      children.push(c);
+      return (await drops()).statsReports > before.statsReports;
+    }, { timeoutMs: 60_000, intervalMs: 500 });
+  } finally {
+    await Promise.all(children.map((c) => (c.exitCode === null ? new Promise((r) => c.once("exit", r)) : undefined)));
+  }
+  const after = await drops();
+  assert.equal(after.unsolicited, before.unsolicited, "no guest message refused as out of place on the control channel");
+  assert.equal(after.unknownProbe, before.unknownProbe);
+  const r = await client.rmmod({ guest, probe: "exits", flags: 0 });
+  assert.equal(r.guestClean, true);
+});
+
 test("a kprobe probe on a kernel without kprobes fails with a clear error and leaves nothing", async () => {
   if (existsSync(path.join(TRACEFS, "kprobe_events"))) return; // this kernel has kprobes: nothing to check here
   await assert.rejects(

@@ -120,8 +120,9 @@ export class RingClient {
     return true;
   }
 
+  /** Stats travel with the probe's data, to the probe-listener (the control side refuses them). */
   async sendStats(stats: ring.ProbeStats): Promise<void> {
-    await this.transport.send(FrameKind.Control, this.encode({ $case: "stats", value: stats }));
+    await this.transport.send(FrameKind.Data, this.encode({ $case: "stats", value: stats }));
   }
 
   private encode(body: ring.GuestMessage["body"]): Uint8Array {

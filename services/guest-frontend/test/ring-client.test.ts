@@ -92,6 +92,17 @@ test("data goes out as data frames without waiting for the host", async () => {
   assert.equal(data?.loadId, 9n);
 });
 
+test("probe stats go out on the data channel, where the probe-listener reads them", async () => {
+  // On the control channel the probe-loader answers them with a ring error (unsolicited).
+  const t = new FakeTransport();
+  const client = new RingClient(t, handler, createLogger("test", "silent"), { guestId: "g1" });
+  await client.sendStats({ probe: "p", cpus: [], pagesDropped: 3n });
+  assert.equal(t.sent[0]!.kind, FrameKind.Data);
+  const body = t.sent[0]!.msg.body;
+  assert.equal(body?.$case, "stats");
+  assert.equal(body?.$case === "stats" && body.value.pagesDropped, 3n);
+});
+
 test("a host that stops answering is greeted again", async () => {
   const t = new FakeTransport();
   const client = new RingClient(t, handler, createLogger("test", "silent"), { guestId: "g1", helloTimeoutMs: 50 });

@@ -74,6 +74,8 @@ export interface GuestCounters {
   staleLoadPages: number;
   oversize: number;
   overQuota: number;
+  /** ProbeStats reports taken (the guest kernel's per-CPU counters for a probe). */
+  statsReports: number;
 }
 
 export interface ProbeListenerOptions {
@@ -132,6 +134,7 @@ export function toGuestDrops(c: GuestCounters): api.GuestDrops {
     staleLoadPages: BigInt(c.staleLoadPages),
     oversize: BigInt(c.oversize),
     overQuota: BigInt(c.overQuota),
+    statsReports: BigInt(c.statsReports),
   });
 }
 
@@ -228,7 +231,7 @@ export class ProbeListener {
   counts(guest: string): GuestCounters {
     let c = this.counters.get(guest);
     if (c === undefined) {
-      c = { messages: 0, malformed: 0, wrongGuest: 0, unknownProbe: 0, badPages: 0, replayedPages: 0, outOfOrderPages: 0, staleLoadPages: 0, oversize: 0, overQuota: 0 };
+      c = { messages: 0, malformed: 0, wrongGuest: 0, unknownProbe: 0, badPages: 0, replayedPages: 0, outOfOrderPages: 0, staleLoadPages: 0, oversize: 0, overQuota: 0, statsReports: 0 };
       this.counters.set(guest, c);
     }
     return c;
@@ -320,7 +323,7 @@ export class ProbeListener {
     }
     const body = msg.body;
     if (body?.$case === "data") await this.onPages(guest, body.value, msg.seq, c);
-    else if (body?.$case === "stats") this.onStats(guest, body.value);
+    else if (body?.$case === "stats") this.onStats(guest, body.value, c);
   }
 
   private async onPages(guest: string, data: ring.ProbeData, msgSeq: bigint, c: GuestCounters): Promise<void> {
@@ -523,9 +526,10 @@ export class ProbeListener {
     }
   }
 
-  private onStats(guest: string, stats: ring.ProbeStats): void {
+  private onStats(guest: string, stats: ring.ProbeStats, c: GuestCounters): void {
     const a = this.attachments.get(`${guest}/${stats.probe}`);
     if (a === undefined) return;
+    c.statsReports++;
     const overrun = stats.cpus.reduce((n, s) => n + s.overrun + s.droppedEvents, 0n);
     if (overrun > 0n || stats.pagesDropped > 0n) {
       this.warn(`${guest}/stats`, { guest, probe: stats.probe, kernelOverrun: String(overrun), pagesDropped: String(stats.pagesDropped) }, "guest reports losses");
