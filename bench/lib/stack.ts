@@ -21,13 +21,13 @@ export interface Stack {
   stop(): Promise<void>;
 }
 
-export async function startStack(o: { prefix: string; probes?: Record<string, object>; hostArgs?: string[] }): Promise<Stack> {
+export async function startStack(o: { prefix: string; probes?: Record<string, object>; hostArgs?: string[]; hostNodeArgs?: string[] }): Promise<Stack> {
   const runDir = mkdtempSync(`/tmp/${o.prefix}-`);
   const probeDir = path.join(runDir, "probes");
   mkdirSync(probeDir);
   for (const [name, spec] of Object.entries(o.probes ?? {})) writeFileSync(path.join(probeDir, `${name}.json`), JSON.stringify({ name, ...spec }));
   const nats = await startNats(runDir);
-  const host = await HostProcess.start({ runDir, probeDir, extraArgs: ["--nats", nats.url, ...(o.hostArgs ?? [])] });
+  const host = await HostProcess.start({ runDir, probeDir, extraArgs: ["--nats", nats.url, ...(o.hostArgs ?? [])], nodeArgs: o.hostNodeArgs });
   const client = new VesperApiClient(host.address!, { timeoutMs: 120_000 });
   return {
     runDir,

@@ -6,7 +6,7 @@
  * parked process: one syscall, no fork). One gRPC WatchEvents client watches every guest;
  * latency = arrival at the watcher - the tracepoint's timestamp (same clock: exact).
  *
- *   node --import tsx bench/scale/run.ts [--sizes 1,10,100] [--rate 2] [--seconds 20]
+ *   node --import tsx bench/scale/run.ts [--sizes 1,10,100] [--rate 2] [--seconds 20] [--profile DIR]
  *
  * Reported per size: host CPU (host services = vesper-host + nats-server; frontends apart, since
  * in production they run inside the guests), host services' memory and its growth per guest,
@@ -28,6 +28,9 @@ const IDLE_HOLD_MS = Number(argOf("--idle-hold-ms", "10000"));
 const RATE = Number(argOf("--rate", "2"));
 const SECONDS = Number(argOf("--seconds", "20"));
 const TICK = Number(process.env.SC_CLK_TCK ?? 100);
+/** --profile DIR: V8 CPU profiles of vesper-host and of the first frontends process, written on exit. */
+const PROFILE_DIR = argOf("--profile", "");
+const profileArgs = (name: string): string[] => (PROFILE_DIR ? ["--cpu-prof", `--cpu-prof-dir=${path.join(PROFILE_DIR, name)}`] : []);
 
 function cpuTicks(pid: number): number {
   try {
@@ -59,6 +62,8 @@ interface SizeResult {
   events: number;
   evPerS: number;
   hostCpuPct: number;
+  /** The part of hostCpuPct that is nats-server (JetStream included). */
+  natsCpuPct: number;
   feCpuPct: number;
   /** The bench process itself: the signals it sends and, in the kernel, every instance's filter on each. */
   loadCpuPct: number;
@@ -84,7 +89,7 @@ async function runSize(n: number): Promise<SizeResult> {
   }
   // A heartbeat every 10 s at every size: at 2 s (the default) 1,000 guests are 500 heartbeat
   // exchanges a second, which here would also cost the simulated guests' share of the 2 cores.
-  const stack = await startStack({ prefix: "vbs", probes, hostArgs: ["--idle-hold-ms", String(IDLE_HOLD_MS)] });
+  const stack = await startStack({ prefix: "vbs", probes, hostArgs: ["--idle-hold-ms", String(IDLE_HOLD_MS)], hostNodeArgs: profileArgs(`host-${n}`) });
   const { client } = stack;
   const natsPid = stack.nats.pid;
   const hostPid = stack.host.pid!;
@@ -101,7 +106,7 @@ async function runSize(n: number): Promise<SizeResult> {
     // The frontends, PER_PROCESS to a process (each urgent reader holds a pool thread per CPU).
     for (let first = 0; first < n; first += PER_PROCESS) {
       const count = Math.min(PER_PROCESS, n - first);
-      const fe = spawn(process.execPath, ["--import", "tsx", path.join(REPO_ROOT, "bench/scale/frontends.ts"), stack.nats.url, String(first), String(count)], {
+      const fe = spawn(process.execPath, [...(first === 0 ? profileArgs(`frontends-${n}`) : []), "--import", "tsx", path.join(REPO_ROOT, "bench/scale/frontends.ts"), stack.nats.url, String(first), String(count)], {
         stdio: ["ignore", "pipe", "inherit"],
         cwd: REPO_ROOT,
         env: { ...process.env, UV_THREADPOOL_SIZE: String(Math.min(1024, count * 2 * os.cpus().length + 16)) },
@@ -170,6 +175,7 @@ async function runSize(n: number): Promise<SizeResult> {
     const pids = fes.map((f) => f.pid!);
     const sample = () => ({
       host: cpuTicks(hostPid) + cpuTicks(natsPid),
+      nats: cpuTicks(natsPid),
       fe: pids.reduce((s, p) => s + cpuTicks(p), 0),
       load: cpuTicks(process.pid),
       machine: machineTicks(),
@@ -191,6 +197,7 @@ async function runSize(n: number): Promise<SizeResult> {
       events: got,
       evPerS: got / secs,
       hostCpuPct: ((c1.host - c0.host) / TICK / secs) * 100,
+      natsCpuPct: ((c1.nats - c0.nats) / TICK / secs) * 100,
       feCpuPct: ((c1.fe - c0.fe) / TICK / secs) * 100,
       loadCpuPct: ((c1.load - c0.load) / TICK / secs) * 100,
       machineBusyPct: ((c1.machine.busy - c0.machine.busy) / (c1.machine.total - c0.machine.total)) * os.cpus().length * 100,
@@ -224,19 +231,22 @@ async function main(): Promise<void> {
     console.log(`size ${n}`);
     const r = await runSize(n);
     results.push(r);
-    console.log(`  ${r.events} events (${r.evPerS.toFixed(0)}/s), p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, host services CPU ${r.hostCpuPct.toFixed(1)} %, frontends ${r.feCpuPct.toFixed(0)} %, load generator ${r.loadCpuPct.toFixed(0)} %, machine ${r.machineBusyPct.toFixed(0)} % of ${os.cpus().length * 100}, RSS ${r.hostRssMb.toFixed(0)} MB`);
+    console.log(`  ${r.events} events (${r.evPerS.toFixed(0)}/s), p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, host services CPU ${r.hostCpuPct.toFixed(1)} % (nats-server ${r.natsCpuPct.toFixed(1)}), frontends ${r.feCpuPct.toFixed(0)} %, load generator ${r.loadCpuPct.toFixed(0)} %, machine ${r.machineBusyPct.toFixed(0)} % of ${os.cpus().length * 100}, RSS ${r.hostRssMb.toFixed(0)} MB`);
   }
   const base = results[0]!;
-  const head = ["guests", "events/s", "host services CPU %", "CPU % per guest", "host services RSS MB", "RSS growth per guest MB", "frontends CPU % (simulated guests)", "frontend RSS MB per guest", "p50 ms", "p99 ms", "p99 vs 1 guest"];
+  const head = ["guests", "events/s", "host services CPU %", "of which nats-server %", "CPU % per guest", "host services RSS MB", "RSS growth per guest MB", "frontends CPU % (simulated guests)", "frontend RSS MB per guest", "load generator CPU %", "machine busy % (of 200)", "p50 ms", "p99 ms", "p99 vs 1 guest"];
   const rows = results.map((r) => [
     r.n,
     r.evPerS.toFixed(0),
     r.hostCpuPct.toFixed(1),
+    r.natsCpuPct.toFixed(1),
     (r.hostCpuPct / r.n).toFixed(2),
     r.hostRssMb.toFixed(0),
     ((r.hostRssMb - r.hostRssBaseMb) / r.n).toFixed(2),
     r.feCpuPct.toFixed(0),
     r.feRssMb.toFixed(1),
+    r.loadCpuPct.toFixed(0),
+    r.machineBusyPct.toFixed(0),
     r.p50.toFixed(2),
     r.p99.toFixed(2),
     `${(r.p99 / base.p99).toFixed(2)}× (goal ≤ 2×)`,

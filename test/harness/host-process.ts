@@ -17,6 +17,8 @@ export interface HostProcessOptions {
   services?: string[];
   probeDir?: string;
   extraArgs?: string[];
+  /** Flags for node itself (e.g. --cpu-prof, which NODE_OPTIONS does not take). */
+  nodeArgs?: string[];
   env?: NodeJS.ProcessEnv;
   readyTimeoutMs?: number;
 }
@@ -33,7 +35,7 @@ export class HostProcess {
     if (!existsSync(HOST_BUNDLE)) throw new Error(`${HOST_BUNDLE} is missing: run \`make build\` first`);
     mkdirSync(path.join(o.runDir, "guests"), { recursive: true });
     const logFile = path.join(o.runDir, `vesper-host-${Date.now()}.log`);
-    const args = [HOST_BUNDLE, "--socket-dir", path.join(o.runDir, "guests"), "--listen", "127.0.0.1:0"];
+    const args = [...(o.nodeArgs ?? []), HOST_BUNDLE, "--socket-dir", path.join(o.runDir, "guests"), "--listen", "127.0.0.1:0"];
     if (o.services !== undefined) args.push("--services", o.services.join(","));
     if (o.probeDir !== undefined) args.push("--probe-dir", o.probeDir);
     args.push(...(o.extraArgs ?? []));
