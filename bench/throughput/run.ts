@@ -2,7 +2,7 @@
  * Throughput in bulk mode: a syscall-heavy load in the guest (N getppid() calls of a static
  * load generator, bench/load/load.c) with raw_syscalls sys_enter/sys_exit enabled (≈2 N events).
  *
- *   node --import tsx bench/throughput/run.ts [--calls 1000000] [--buffer-kb 8192] [--flush-ms 10]
+ *   node --import tsx bench/throughput/run.ts [--calls 1000000] [--buffer-kb 8192] [--flush-ms 10] [--window-pages N]
  *
  * Same run, same guest: the load untraced; with the events enabled in a tracefs instance nobody
  * reads (the kernel's own cost); with Vesper's bulk probe read by the host. Reported: events/s
@@ -25,6 +25,8 @@ const BUFFER_KB = Number(argOf("--buffer-kb", "8192"));
 const FLUSH_MS = Number(argOf("--flush-ms", "10"));
 /** vesper.node_flags for the guest frontend (the image's default is --jitless; "none" for V8's JIT). */
 const NODE_FLAGS = argOf("--node-flags", "");
+/** vesper.window_pages for the guest frontend: pages per CPU sent ahead of the host's acks (default: the frontend's). */
+const WINDOW_PAGES = argOf("--window-pages", "");
 const GUEST = "bthr1";
 const PROBE = "syscalls";
 
@@ -45,7 +47,11 @@ async function main(): Promise<void> {
     },
   });
   const { client } = stack;
-  const guest = await bootGuest(stack, GUEST, NODE_FLAGS === "" ? {} : { appendExtra: [`vesper.node_flags=${NODE_FLAGS}`] });
+  const appendExtra = [
+    ...(NODE_FLAGS === "" ? [] : [`vesper.node_flags=${NODE_FLAGS}`]),
+    ...(WINDOW_PAGES === "" ? [] : [`vesper.window_pages=${WINDOW_PAGES}`]),
+  ];
+  const guest = await bootGuest(stack, GUEST, { appendExtra });
   const pinning = pinGuestApart(guest, [stack.host.pid, stack.nats.pid]).note;
   console.log(pinning);
   try {
@@ -101,10 +107,11 @@ async function main(): Promise<void> {
     const frames0 = frames;
     const bytes0 = bytes;
     // The frontend's own CPU time in the guest (it shares the one vCPU with the load).
-    const frontendTicks = async (): Promise<{ user: number; sys: number }> => {
+    const frontendTicks = async (): Promise<{ user: number; sys: number; faults: number }> => {
       const st = (await guest.exec("cat /proc/$(cat /run/frontend.pid)/stat")).output.trim();
       const f = st.slice(st.lastIndexOf(")") + 2).split(" ");
-      return { user: Number(f[11]), sys: Number(f[12]) }; // utime, stime in USER_HZ (100) ticks
+      // utime, stime in USER_HZ (100) ticks; minor page faults (fresh memory the kernel zeroes)
+      return { user: Number(f[11]), sys: Number(f[12]), faults: Number(f[7]) };
     };
     const ticks0 = await frontendTicks();
     const loadStart = Date.now();
@@ -114,7 +121,8 @@ async function main(): Promise<void> {
     const frontendUserS = (ticks1.user - ticks0.user) / 100;
     const frontendSysS = (ticks1.sys - ticks0.sys) / 100;
     const frontendCpuS = frontendUserS + frontendSysS;
-    console.log(`guest frontend CPU during the load: ${frontendCpuS.toFixed(2)} s (user ${frontendUserS.toFixed(2)}, kernel ${frontendSysS.toFixed(2)}) of ${(loadMs / 1000).toFixed(2)} s`);
+    const frontendFaults = ticks1.faults - ticks0.faults;
+    console.log(`guest frontend CPU during the load: ${frontendCpuS.toFixed(2)} s (user ${frontendUserS.toFixed(2)}, kernel ${frontendSysS.toFixed(2)}) of ${(loadMs / 1000).toFixed(2)} s; ${frontendFaults} minor page faults`);
     console.log(`with Vesper bulk probe: ${vesper.toFixed(3)} µs/call; waiting for the pipeline to drain`);
     // Drained: two half-second windows in a row at the idle level (the frontend's own syscalls
     // keep producing a trickle of events: raw_syscalls is not filtered, as with the peers).
@@ -156,7 +164,7 @@ async function main(): Promise<void> {
       `- ${events} events decoded and stored in JetStream in ${windowS.toFixed(2)} s (first data frame → last event stored); ` +
         `${frames - frames0} data frames, ${((bytes - bytes0) / 1e6).toFixed(1)} MB on the wire in ${wireS.toFixed(2)} s ` +
         `(${((mbPerS / 336) * 100).toFixed(1)} % of the raw channel's 336 MB/s anchor).`,
-      `- guest frontend CPU time during the load: ${frontendCpuS.toFixed(2)} s (user ${frontendUserS.toFixed(2)} s, kernel ${frontendSysS.toFixed(2)} s) of the ${(loadMs / 1000).toFixed(2)} s it ran (one vCPU shared with the load).`,
+      `- guest frontend CPU time during the load: ${frontendCpuS.toFixed(2)} s (user ${frontendUserS.toFixed(2)} s, kernel ${frontendSysS.toFixed(2)} s) of the ${(loadMs / 1000).toFixed(2)} s it ran (one vCPU shared with the load); ${frontendFaults} minor page faults.`,
       `- goal: ≥ 1 M events/s with 0 lost → ${(evPerS / 1e6).toFixed(2)}× of the rate, ${Math.max(overrun + dropped, listenerLost)} lost (${((Math.max(overrun + dropped, listenerLost) / (events + Math.max(overrun + dropped, listenerLost))) * 100).toFixed(1)} %); ` +
         `load ${vesper.toFixed(2)} µs/call vs trace-cmd's 2.47 (anchor; this run's kernel-only cost is ${kernelOnly.toFixed(2)}).`,
     ];

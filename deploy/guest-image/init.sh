@@ -7,6 +7,7 @@
 #   vesper.debug=1           frontend stdout/stderr to /dev/ttyS0 instead of /tmp/frontend.log
 #   vesper.frontend=0        do not start the guest frontend (fixture capture, debugging)
 #   vesper.log_level=L       the frontend's log level (VESPER_LOG_LEVEL; trace adds per-page timing)
+#   vesper.window_pages=N    pages per CPU the frontend sends ahead of the host's acks (VESPER_WINDOW_PAGES)
 #   vesper.node_flags=F,G    flags for the frontend's node (default --jitless; "none" for none).
 #                            Under TCG emulation V8's JIT costs far more guest CPU than it saves
 #                            for an agent that mostly moves pages; on KVM, JIT is fine.
@@ -42,6 +43,7 @@ for arg in $(cat /proc/cmdline); do
     vesper.frontend=*) FRONTEND="${arg#vesper.frontend=}" ;;
     vesper.node_flags=*) NODE_FLAGS=$(echo "${arg#vesper.node_flags=}" | tr , ' ') ;;
     vesper.log_level=*) LOG_LEVEL="${arg#vesper.log_level=}" ;;
+    vesper.window_pages=*) export VESPER_WINDOW_PAGES="${arg#vesper.window_pages=}" ;;
   esac
 done
 echo "$GUEST" >/run/vesper-guest

@@ -140,7 +140,11 @@ export function toGuestDrops(c: GuestCounters): api.GuestDrops {
 
 /** Largest page a run may declare (ftrace pages are the kernel's page size, usually 4 KiB). */
 const MAX_RUN_PAGE_SIZE = 64 * 1024;
-/** Stored pages waiting for an ack that make it go out after ackBusyDelayMs instead of ackDelayMs (an eighth of the guest's default window). */
+/**
+ * Stored pages waiting for an ack that make it go out after ackBusyDelayMs instead of
+ * ackDelayMs: half a bulk data message (64 pages), so a busy guest gets an ack per message
+ * while a window (1024 pages by default, 256 in older frontends) has plenty of room.
+ */
 const ACK_SOON_PAGES = 32;
 
 /**
