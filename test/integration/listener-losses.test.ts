@@ -61,7 +61,7 @@ const bulkGuest = `lossb${process.pid}`;
 const bulkAcks: Array<{ at: number; ack: ring.DataAck }> = [];
 function send(probe: string, cpu: number, pageSeq: bigint, page: Buffer, guestId = guest): void {
   seq++;
-  const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId, seq, body: { $case: "data", value: { probe, pages: [{ cpu, seq: pageSeq, page }], loadId, acked: [], runs: [] } } };
+  const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId, seq, body: { $case: "data", value: { probe, pages: [{ cpu, seq: pageSeq, page }], loadId, acked: [], runs: [], ackSoon: false } } };
   nc.publish(subjects.ringUpData(guest), encodeGuestMessage(msg));
 }
 
@@ -145,28 +145,36 @@ test("data that claims another guest is dropped and counted, not published", asy
   await waitFor("the wrong-guest drop to be counted", () => listener.counts(guest).wrongGuest === before + 1, { timeoutMs: 10_000 });
 });
 
-test("acks: a few stored pages wait for company (ackDelayMs), a window's worth goes out at once", async () => {
+test("acks: a few stored pages wait for company (ackDelayMs); asked for (ack_soon), or a quarter window's worth, they go out at once", async () => {
   const bulkSpec: ring.ProbeSpec = { ...spec, delivery: ring.DeliveryMode.DELIVERY_MODE_BULK };
   const loaded: ring.LoadedProbe = { instance: "vesper-fixture", formats: formats(), headerPage: read("header_page"), pageSize: 4096, cpus: 1, loadId };
   const r = await request(nc, subjects.listenerAttach, bus.AttachRequest, bus.AttachResponse, { guest: bulkGuest, spec: bulkSpec, loaded });
   assert.equal(r.error, undefined);
   const page = pages("basic")[0]!;
   const acked = (s: bigint): number | undefined => bulkAcks.find(({ ack }) => ack.loadId === loadId && ack.cpus.some((c) => c.cpu === 0 && c.seq >= s))?.at;
-  const sendPages = (from: number, n: number): number => {
+  const sendPages = (from: number, n: number, ackSoon = false): number => {
     seq++;
     const ps = Array.from({ length: n }, (_, i) => ({ cpu: 0, seq: BigInt(from + i), page }));
-    const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId: bulkGuest, seq, body: { $case: "data", value: { probe: "fixture", pages: ps, loadId, acked: [], runs: [] } } };
+    const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId: bulkGuest, seq, body: { $case: "data", value: { probe: "fixture", pages: ps, loadId, acked: [], runs: [], ackSoon } } };
     nc.publish(subjects.ringUpData(bulkGuest), encodeGuestMessage(msg));
     return Date.now();
   };
+  const fast = (s: bigint, sent: number): void => assert.ok(acked(s)! - sent < ACK_DELAY_MS - 500, `the ack for page ${s} took ${acked(s)! - sent} ms`);
 
-  // 40 pages: more than ACK_SOON_PAGES wait, so the ack does not wait the 3 s.
-  const sentMany = sendPages(1, 40);
-  await waitFor("40 pages acknowledged", () => acked(40n), { timeoutMs: 10_000 });
-  assert.ok(acked(40n)! - sentMany < ACK_DELAY_MS - 500, `the ack for 40 pages took ${acked(40n)! - sentMany} ms`);
+  // One page, and the guest asks for its ack (its window is filling): no waiting.
+  const sentAsked = sendPages(1, 1, true);
+  await waitFor("page 1 acknowledged", () => acked(1n), { timeoutMs: 10_000 });
+  fast(1n, sentAsked);
 
   // One page: its ack waits ackDelayMs for others to join it.
-  const sentOne = sendPages(41, 1);
-  await waitFor("page 41 acknowledged", () => acked(41n), { timeoutMs: ACK_DELAY_MS + 10_000 });
-  assert.ok(acked(41n)! - sentOne >= ACK_DELAY_MS - 100, `the ack for one page came after ${acked(41n)! - sentOne} ms`);
+  const sentOne = sendPages(2, 1);
+  await waitFor("page 2 acknowledged", () => acked(2n), { timeoutMs: ACK_DELAY_MS + 10_000 });
+  assert.ok(acked(2n)! - sentOne >= ACK_DELAY_MS - 100, `the ack for one page came after ${acked(2n)! - sentOne} ms`);
+
+  // 270 pages not asked for: more than ACK_SOON_PAGES (256) wait, so the ack does not wait the 3 s.
+  const sentMany = sendPages(3, 90);
+  sendPages(93, 90);
+  sendPages(183, 90);
+  await waitFor("272 pages acknowledged", () => acked(272n), { timeoutMs: 10_000 });
+  fast(272n, sentMany);
 });

@@ -1,7 +1,7 @@
 /**
  * Hand-rolled encoder for the one hot message: GuestMessage{version, guest_id, seq,
  * data: ProbeData{probe, load_id, acked: CpuSeq{cpu, seq}, runs: PageRun{cpu,
- * first_seq, count, page_size, last_length, data}}}. It produces exactly the bytes
+ * first_seq, count, page_size, last_length, data}, ack_soon}}. It produces exactly the bytes
  * the generated encoder does (proto3: default values omitted, fields in number order;
  * checked by test/data-encoder.test.ts), but as parts: small header buffers with
  * each run's page bytes in between, untouched, so a byte-stream transport writes the
@@ -147,7 +147,8 @@ function probeFields(probe: string, loadId: bigint): Buffer {
 
 /**
  * Encodes the data message as parts whose concatenation is the message (with
- * `framed`, preceded by its frame header of kind Data; the caller checks the size limit).
+ * `framed`, preceded by its frame header of kind Data; the caller checks the size limit;
+ * `ackSoon` sets ProbeData.ack_soon).
  */
 export function encodeDataMessage(
   version: number,
@@ -158,6 +159,7 @@ export function encodeDataMessage(
   acked: readonly CpuSeq[],
   runs: readonly DataRun[],
   framed = false,
+  ackSoon = false,
 ): Buffer[] {
   const head = guestFields(version, guestId);
   const probeHead = probeFields(probe, loadId);
@@ -166,6 +168,7 @@ export function encodeDataMessage(
   let dataLen = probeHead.length;
   for (const l of ackLens) dataLen += 1 + varintLen(l) + l;
   for (const l of runLens) dataLen += 1 + varintLen(l) + l;
+  if (ackSoon) dataLen += 2;
   const total = head.length + field(seq) + 1 + varintLen(dataLen) + dataLen;
 
   // Everything but the run data goes into one buffer, cut into the parts between the runs.
@@ -204,6 +207,7 @@ export function encodeDataMessage(
     parts.push(Buffer.isBuffer(r.data) ? r.data : Buffer.from(r.data.buffer, r.data.byteOffset, r.data.length));
     from = w.o;
   });
+  if (ackSoon) w.field(0x30, 1); // ProbeData.ack_soon = 6
   if (w.o !== headBytes) throw new Error(`data encoder size mismatch (${w.o} != ${headBytes})`);
   if (from < w.o || parts.length === 0) parts.push(w.buf.subarray(from, w.o));
   return parts;

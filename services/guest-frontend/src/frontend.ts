@@ -297,11 +297,15 @@ export class Frontend implements CommandHandler {
   }
 
   private dataMessage(rp: RunningProbe, cpu: number, runs: readonly OutRun[]): Parameters<RingClient["sendData"]>[0] {
+    const w = rp.windows[cpu]!;
     return {
       probe: rp.spec.name,
       loadId: rp.loadId,
       runs: runs.map((r) => ({ cpu, firstSeq: r.firstSeq, count: r.count, pageSize: r.pageSize, lastLength: r.lastLength, data: r.data })),
-      acked: [{ cpu, seq: rp.windows[cpu]!.acked }],
+      acked: [{ cpu, seq: w.acked }],
+      // A quarter of the window unacknowledged: ask for an ack now. Else the host lets acks
+      // wait for company (each one wakes this agent), and a small window would stall.
+      ackSoon: w.unacked >= w.capacity / 4,
     };
   }
 

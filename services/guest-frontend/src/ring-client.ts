@@ -23,6 +23,8 @@ export interface DataMessage {
   loadId: bigint;
   runs: readonly DataRun[];
   acked: readonly CpuSeq[];
+  /** The window is filling: the host should ack without coalescing (ProbeData.ack_soon). */
+  ackSoon?: boolean;
 }
 import type { GuestTransport } from "./transports/transport.js";
 
@@ -101,7 +103,7 @@ export class RingClient {
     // The hot path: a hand-rolled encoder (same bytes as the generated one), framed in place
     // when the transport is a byte stream.
     const t = this.transport;
-    const parts = encodeDataMessage(PROTOCOL_VERSION, this.opts.guestId, this.seq, data.probe, data.loadId, data.acked, data.runs, t.sendParts !== undefined);
+    const parts = encodeDataMessage(PROTOCOL_VERSION, this.opts.guestId, this.seq, data.probe, data.loadId, data.acked, data.runs, t.sendParts !== undefined, data.ackSoon);
     if (t.sendParts !== undefined) await t.sendParts(FrameKind.Data, parts);
     else await t.send(FrameKind.Data, parts.length === 1 ? parts[0]! : Buffer.concat(parts));
   }
@@ -113,7 +115,7 @@ export class RingClient {
   trySendDataNow(data: DataMessage): boolean {
     const t = this.transport;
     if (t.trySendNow === undefined) return false;
-    const parts = encodeDataMessage(PROTOCOL_VERSION, this.opts.guestId, this.seq + 1n, data.probe, data.loadId, data.acked, data.runs, t.framed === true);
+    const parts = encodeDataMessage(PROTOCOL_VERSION, this.opts.guestId, this.seq + 1n, data.probe, data.loadId, data.acked, data.runs, t.framed === true, data.ackSoon);
     if (!t.trySendNow(FrameKind.Data, parts)) return false;
     this.seq++;
     this.stats.dataMessages++;

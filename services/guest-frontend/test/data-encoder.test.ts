@@ -10,7 +10,7 @@ const u32 = fc.nat({ max: 2 ** 32 - 1 });
 const cpuSeq = fc.record({ cpu: u32, seq: fc.oneof(u64, fc.maxSafeNat()) });
 const run = fc.record({ cpu: u32, firstSeq: fc.maxSafeNat(), count: u32, pageSize: u32, lastLength: u32, data: fc.uint8Array({ maxLength: 300 }) });
 
-function generated(guestId: string, seq: bigint, probe: string, loadId: bigint, acked: { cpu: number; seq: number | bigint }[], runs: DataRun[]): Uint8Array {
+function generated(guestId: string, seq: bigint, probe: string, loadId: bigint, acked: { cpu: number; seq: number | bigint }[], runs: DataRun[], ackSoon = false): Uint8Array {
   return encodeGuestMessage({
     version: PROTOCOL_VERSION,
     guestId,
@@ -23,6 +23,7 @@ function generated(guestId: string, seq: bigint, probe: string, loadId: bigint, 
         loadId,
         acked: acked.map((a) => ({ cpu: a.cpu, seq: BigInt(a.seq) })),
         runs: runs.map((r) => ({ ...r, firstSeq: BigInt(r.firstSeq), data: Buffer.from(r.data) })),
+        ackSoon,
       },
     },
   });
@@ -30,9 +31,9 @@ function generated(guestId: string, seq: bigint, probe: string, loadId: bigint, 
 
 test("encodeDataMessage matches GuestMessage.encode byte for byte", () => {
   fc.assert(
-    fc.property(fc.string(), u64, fc.string(), u64, fc.array(cpuSeq, { maxLength: 3 }), fc.array(run, { maxLength: 3 }), (guestId, seq, probe, loadId, acked, runs) => {
-      const parts = encodeDataMessage(PROTOCOL_VERSION, guestId, seq, probe, loadId, acked, runs);
-      assert.deepEqual(new Uint8Array(Buffer.concat(parts)), generated(guestId, seq, probe, loadId, acked, runs));
+    fc.property(fc.string(), u64, fc.string(), u64, fc.array(cpuSeq, { maxLength: 3 }), fc.array(run, { maxLength: 3 }), fc.boolean(), (guestId, seq, probe, loadId, acked, runs, ackSoon) => {
+      const parts = encodeDataMessage(PROTOCOL_VERSION, guestId, seq, probe, loadId, acked, runs, false, ackSoon);
+      assert.deepEqual(new Uint8Array(Buffer.concat(parts)), generated(guestId, seq, probe, loadId, acked, runs, ackSoon));
     }),
     { numRuns: 500 },
   );

@@ -97,9 +97,10 @@ export interface ProbeListenerOptions {
    */
   gapTimeoutMs?: number;
   /**
-   * Longest an ack waits for others to join it (default 200 ms): every ack wakes the guest.
-   * Once ACK_SOON_PAGES pages wait, at most ackBusyDelayMs (default 0: the next tick), so a
-   * fast guest's window never fills for want of acks; resend requests do not wait at all.
+   * Longest an ack waits for others to join it (default 500 ms): every ack wakes the guest.
+   * When the guest asks (ack_soon), or ACK_SOON_PAGES pages wait, at most ackBusyDelayMs
+   * (default 0: the next tick), so a fast guest's window never fills for want of acks;
+   * resend requests do not wait at all. Well under the frontend's ack timeout (2 s).
    */
   ackDelayMs?: number;
   ackBusyDelayMs?: number;
@@ -142,10 +143,10 @@ export function toGuestDrops(c: GuestCounters): api.GuestDrops {
 const MAX_RUN_PAGE_SIZE = 64 * 1024;
 /**
  * Stored pages waiting for an ack that make it go out after ackBusyDelayMs instead of
- * ackDelayMs: half a bulk data message (64 pages), so a busy guest gets an ack per message
- * while a window (1024 pages by default, 256 in older frontends) has plenty of room.
+ * ackDelayMs, whatever the sender asked (ProbeData.ack_soon; a frontend asks once a quarter
+ * of its window waits): a quarter of the frontend's default window.
  */
-const ACK_SOON_PAGES = 32;
+const ACK_SOON_PAGES = 256;
 
 /**
  * The pages of a data message: its single pages, then each run's, cut out of the run's
@@ -387,7 +388,7 @@ export class ProbeListener {
         t.stored.push(r.stored);
       }
       this.cursor(a, cpu, undefined).whenStored(t.last, Promise.all(t.stored).then(() => undefined), (ok) => {
-        if (ok) this.dueAck(a, cpu, msgSeq, false, t.pages);
+        if (ok) this.dueAck(a, cpu, msgSeq, false, t.pages, data.ackSoon);
         else this.warn(`${guest}/store`, { guest, probe: a.probe, cpu }, "events not stored: the guest sends those pages again");
       });
     }
@@ -486,7 +487,7 @@ export class ProbeListener {
    * guest, which under emulation costs it milliseconds; its window holds far more than that
    * much data). A resend request goes out at once.
    */
-  private dueAck(a: Attachment, cpu: number, replyTo: bigint, resend: boolean, pages = 0): void {
+  private dueAck(a: Attachment, cpu: number, replyTo: bigint, resend: boolean, pages = 0, asked = false): void {
     if (a.ackDue.size === 0) a.ackDueSince = Date.now();
     a.ackDue.add(cpu);
     a.ackPages += pages;
@@ -502,11 +503,11 @@ export class ProbeListener {
       return;
     }
     if (a.ackScheduled) return;
-    const soon = a.ackPages >= ACK_SOON_PAGES;
+    const soon = asked || a.ackPages >= ACK_SOON_PAGES;
     if (a.ackTimer !== undefined && (a.ackSoon || !soon)) return;
     clearTimeout(a.ackTimer);
     a.ackSoon = soon;
-    const wait = soon ? (this.o.ackBusyDelayMs ?? 0) : (this.o.ackDelayMs ?? 200);
+    const wait = soon ? (this.o.ackBusyDelayMs ?? 0) : (this.o.ackDelayMs ?? 500);
     a.ackTimer = setTimeout(() => {
       a.ackTimer = undefined;
       this.sendAck(a);
