@@ -234,6 +234,7 @@ async function main(): Promise<void> {
     console.log(`  ${r.events} events (${r.evPerS.toFixed(0)}/s), p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, host services CPU ${r.hostCpuPct.toFixed(1)} % (nats-server ${r.natsCpuPct.toFixed(1)}), frontends ${r.feCpuPct.toFixed(0)} %, load generator ${r.loadCpuPct.toFixed(0)} %, machine ${r.machineBusyPct.toFixed(0)} % of ${os.cpus().length * 100}, RSS ${r.hostRssMb.toFixed(0)} MB`);
   }
   const base = results[0]!;
+  const last = results.at(-1)!;
   const head = ["guests", "events/s", "host services CPU %", "of which nats-server %", "CPU % per guest", "host services RSS MB", "RSS growth per guest MB", "frontends CPU % (simulated guests)", "frontend RSS MB per guest", "load generator CPU %", "machine busy % (of 200)", "p50 ms", "p99 ms", "p99 vs 1 guest"];
   const rows = results.map((r) => [
     r.n,
@@ -268,6 +269,9 @@ async function main(): Promise<void> {
     table(head, rows),
     "",
     `- missing events (fired during the window but not seen): ${results.map((r) => `${r.n}: ${r.missing}`).join(", ")}`,
+    `- where the ${os.cpus().length * 100} % of this machine went at ${last.n} guests: host services ${last.hostCpuPct.toFixed(0)} % (nats-server ${last.natsCpuPct.toFixed(0)} of it), ` +
+      `simulated guests ${last.feCpuPct.toFixed(0)} %, load generator ${last.loadCpuPct.toFixed(0)} % (its kill() runs every instance's signal_generate filter in this one kernel), ` +
+      `all busy ${last.machineBusyPct.toFixed(0)} %.`,
     `- ${fitsNote}`,
   ].join("\n");
   writeResult(
