@@ -6,14 +6,14 @@
  */
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, statSync, writeFileSync, mkdirSync } from "node:fs";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { connect } from "@nats-io/transport-node";
 import { VesperApiClient, ApiError } from "@vesper/cli";
 import { PAGES_HEADER } from "@vesper/probe-listener";
-import { ErrorCode, subjects, type api } from "@vesper/protocol";
+import { decodeGuestMessage, ErrorCode, subjects, type api } from "@vesper/protocol";
 import { HostProcess } from "../harness/host-process.js";
 import { waitFor } from "../harness/wait.js";
 
@@ -22,6 +22,7 @@ const TRACEFS = "/sys/kernel/tracing";
 const tag = `it${process.pid}`;
 const guest = `host-${tag}`;
 const prefix = `vesper_${tag}`;
+const WINDOW_PAGES = 32;
 
 let host: HostProcess;
 let frontend: ChildProcess;
@@ -54,11 +55,18 @@ before(async () => {
       flushIntervalMs: 50,
     }),
   );
+  // Every system call, in bulk mode: pages fill as fast as a test makes system calls.
+  writeFileSync(
+    path.join(probeDir, "bulksys.json"),
+    JSON.stringify({ name: "bulksys", tracepoints: [{ system: "raw_syscalls", event: "sys_enter" }], delivery: "bulk", flushIntervalMs: 50 }),
+  );
   host = await HostProcess.start({ runDir, probeDir, services: ["loader", "listener", "gateway"] });
   client = new VesperApiClient(host.address!, { timeoutMs: 30_000 });
   frontend = spawn(
     process.execPath,
-    [path.join(REPO_ROOT, "dist", "guest-frontend.mjs"), "--guest-id", guest, "--transport", "nats", "--instance-prefix", prefix, "--no-oom-protect"],
+    // A small send window (a quarter of it is WINDOW_PAGES / 4 pages), so a test can see the
+    // frontend ask for acks.
+    [path.join(REPO_ROOT, "dist", "guest-frontend.mjs"), "--guest-id", guest, "--transport", "nats", "--instance-prefix", prefix, "--no-oom-protect", "--window-pages", String(WINDOW_PAGES)],
     { stdio: ["ignore", "ignore", "inherit"] },
   );
   await waitFor(`frontend ${guest} online`, async () => (await client.listGuests()).find((g) => g.id === guest && g.state === 1), {
@@ -199,6 +207,38 @@ test("the guest's probe stats reach the probe-listener; the control side refuses
   assert.equal(after.unknownProbe, before.unknownProbe);
   const r = await client.rmmod({ guest, probe: "exits", flags: 0 });
   assert.equal(r.guestClean, true);
+});
+
+test("a frontend whose window is a quarter full asks for its ack (ack_soon)", { timeout: 120_000 }, async () => {
+  const nc = await connect({ servers: "127.0.0.1:4222", name: "it-acksoon" });
+  const sent: Array<{ pages: number; ackSoon: boolean }> = [];
+  const sub = nc.subscribe(subjects.ringUpData(guest), {
+    callback: (_e, m) => {
+      const msg = decodeGuestMessage(m.data);
+      if (msg.body?.$case !== "data" || msg.body.value.probe !== "bulksys") return;
+      sent.push({ pages: msg.body.value.runs.reduce((n, r) => n + r.count, 0), ackSoon: msg.body.value.ackSoon });
+    },
+  });
+  await nc.flush();
+  await client.insmod({ guest, probe: "bulksys", options: {} });
+  try {
+    // Each of these messages alone fills a quarter of the window, so each must ask.
+    await waitFor(
+      "messages of a quarter window or more",
+      () => {
+        for (let i = 0; i < 20_000; i++) statSync("/"); // a burst of system calls: pages to send
+        return sent.filter((s) => s.pages >= WINDOW_PAGES / 4).length >= 3;
+      },
+      { timeoutMs: 60_000, intervalMs: 200 },
+    );
+  } finally {
+    await client.rmmod({ guest, probe: "bulksys", flags: 0 });
+    sub.unsubscribe();
+    await nc.close();
+  }
+  const big = sent.filter((s) => s.pages >= WINDOW_PAGES / 4);
+  assert.ok(big.every((s) => s.ackSoon), `every message of ${WINDOW_PAGES / 4}+ pages asks for its ack: ${JSON.stringify(big.slice(0, 5))}`);
+  assert.ok(sent.reduce((n, s) => n + s.pages, 0) > WINDOW_PAGES * 2, "the window turned over (acks came)");
 });
 
 test("a kprobe probe on a kernel without kprobes fails with a clear error and leaves nothing", async () => {
