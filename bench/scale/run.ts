@@ -6,7 +6,7 @@
  * parked process: one syscall, no fork). One gRPC WatchEvents client watches every guest;
  * latency = arrival at the watcher - the tracepoint's timestamp (same clock: exact).
  *
- *   node --import tsx bench/scale/run.ts [--sizes 1,10,100] [--rate 2] [--seconds 20] [--profile DIR]
+ *   node --import tsx bench/scale/run.ts [--sizes 1,10,100] [--rate 2] [--seconds 20] [--profile DIR] [--result-name scale]
  *
  * Reported per size: host CPU (host services = vesper-host + nats-server; frontends apart, since
  * in production they run inside the guests), host services' memory and its growth per guest,
@@ -30,6 +30,9 @@ const SECONDS = Number(argOf("--seconds", "20"));
 const TICK = Number(process.env.SC_CLK_TCK ?? 100);
 /** --profile DIR: V8 CPU profiles of vesper-host and of the first frontends process, written on exit. */
 const PROFILE_DIR = argOf("--profile", "");
+/** --result-name NAME: write bench/results/NAME.md and .svg (default scale), e.g. for a run at another rate. */
+const RESULT_NAME = argOf("--result-name", "scale") ?? "scale";
+const ARGS = process.argv.slice(2).join(" ");
 const profileArgs = (name: string): string[] => (PROFILE_DIR ? ["--cpu-prof", `--cpu-prof-dir=${path.join(PROFILE_DIR, name)}`] : []);
 
 function cpuTicks(pid: number): number {
@@ -259,7 +262,9 @@ async function main(): Promise<void> {
   const md = [
     "# Host scale (`bench/scale`)",
     "",
-    "Command: `make bench-scale` (= `node --import tsx bench/scale/run.ts --sizes 1,10,100,1000`)",
+    ARGS === "" || ARGS === "--sizes 1,10,100,1000"
+      ? "Command: `make bench-scale` (= `node --import tsx bench/scale/run.ts --sizes 1,10,100,1000`)"
+      : `Command: \`node --import tsx bench/scale/run.ts ${ARGS}\``,
     "",
     machineLine(),
     `Each guest = a guest frontend on the host over NATS with its own probe (signal_generate filtered on its own parked process), firing ${RATE} events/s; ` +
@@ -275,7 +280,7 @@ async function main(): Promise<void> {
     `- ${fitsNote}`,
   ].join("\n");
   writeResult(
-    "scale",
+    RESULT_NAME,
     md,
     lineChart({
       title: "Host scale over NATS",
