@@ -39,19 +39,32 @@ export interface FrontendConfig {
   windowPages: number;
   /** Resend what the host has not acknowledged after this long without progress. */
   ackTimeoutMs: number;
+  /**
+   * How urgent readers wait for the next page: "epoll" (default), the event loop polls the fd
+   * and reads the page itself, or "pool", a blocking read on a libuv pool thread (two thread
+   * hops more per wake-up; also used when this Node has no pipe handle to poll with). Measured
+   * tracepoint -> data frame (bench/latency): TCG guest 4.9 -> 4.2-4.35 ms, host 1.96 -> 1.57 ms.
+   */
+  urgentWait: "pool" | "epoll";
   /** On SIGTERM, leave the probes loaded and spooled for the next frontend (an upgrade) instead of unloading them. */
   keepProbesOnExit: boolean;
 }
 
 export const FRONTEND_USAGE = `usage: guest-frontend [--guest-id ID] [--transport virtio-serial|nats] [--port-name NAME]
        [--nats URL] [--nats-user U --nats-pass P | --nats-token T] [--instance-prefix P] [--tracefs DIR] [--no-oom-protect]
-       [--spool-dir DIR (default /run/vesper/spool; "" for none)] [--window-pages N] [--ack-timeout-ms MS] [--keep-probes-on-exit]`;
+       [--spool-dir DIR (default /run/vesper/spool; "" for none)] [--window-pages N] [--ack-timeout-ms MS] [--keep-probes-on-exit]
+       [--urgent-wait pool|epoll]`;
 
 function intIn(name: string, v: string | undefined, dflt: number, min: number, max: number): number {
   if (v === undefined) return dflt;
   const n = Number(v);
   if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
   return n;
+}
+
+function urgentWaitOf(v: string): "pool" | "epoll" {
+  if (v === "pool" || v === "epoll") return v;
+  throw new Error(`--urgent-wait must be pool or epoll, got ${JSON.stringify(v)}`);
 }
 
 function cmdlineGuest(): string | undefined {
@@ -79,6 +92,7 @@ export function loadFrontendConfig(argv: string[], env: NodeJS.ProcessEnv = proc
       "no-oom-protect": { type: "boolean" },
       "spool-dir": { type: "string" },
       "window-pages": { type: "string" },
+      "urgent-wait": { type: "string" },
       "ack-timeout-ms": { type: "string" },
       "keep-probes-on-exit": { type: "boolean" },
       help: { type: "boolean", short: "h" },
@@ -114,6 +128,7 @@ export function loadFrontendConfig(argv: string[], env: NodeJS.ProcessEnv = proc
     windowPages: intIn("--window-pages", values["window-pages"] ?? env.VESPER_WINDOW_PAGES, 1024, 1, 65_536),
     ackTimeoutMs: intIn("--ack-timeout-ms", values["ack-timeout-ms"] ?? env.VESPER_ACK_TIMEOUT_MS, 2_000, 50, 600_000),
     keepProbesOnExit: values["keep-probes-on-exit"] === true || env.VESPER_KEEP_PROBES_ON_EXIT === "1",
+    urgentWait: urgentWaitOf(values["urgent-wait"] ?? env.VESPER_URGENT_WAIT ?? "epoll"),
   };
 }
 

@@ -30,6 +30,8 @@ export interface FrontendOptions {
   maxPagesPerMessage: number;
   /** Most page bytes in one data message (under the frame limit). */
   maxMessageBytes: number;
+  /** Urgent readers wait in the event loop's epoll ("epoll", default) or on a pool thread. */
+  urgentWait?: "pool" | "epoll";
 }
 
 interface RunningProbe {
@@ -229,6 +231,7 @@ export class Frontend implements CommandHandler {
         pageSize,
         maxPagesPerBatch: perBatch,
         layout: this.engine.pageLayout(spec.name),
+        waitInPool: this.o.urgentWait !== "epoll",
       };
       const dir = this.engine.instanceDir(spec.name);
       if (mode === "urgent") rp.pumps.push(this.urgentPump(spec.name, dir, cpu, rp, opts));

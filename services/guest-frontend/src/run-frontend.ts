@@ -26,6 +26,7 @@ export async function startFrontend(cfg: FrontendConfig, log: Logger): Promise<R
     spoolDir: cfg.spoolDir,
     windowPages: cfg.windowPages,
     ackTimeoutMs: cfg.ackTimeoutMs,
+    urgentWait: cfg.urgentWait,
     maxPagesPerMessage: 64,
     // Room for the message's own fields under the frame limit.
     maxMessageBytes: cfg.maxFrameBytes - 4096,

@@ -237,6 +237,31 @@ describe("ProbeEngine", () => {
     console.log(`# urgent drain: runs of ${runs.map((r) => r.count).join(", ")} pages`);
   });
 
+  test("urgent, waiting in epoll: event after event, each page read as it comes; abort ends the reader", async (t) => {
+    const loaded = await engine.load(spec({ name: "polled", tracepoints: [{ system: "sched", event: "sched_process_exit", filter: 'comm == "true"' }] }));
+    t.after(() => (engine.loaded().includes("polled") ? engine.unload("polled") : undefined));
+    const cpus = loaded.cpus;
+    const runs: RunRead[] = [];
+    const abort = new AbortController();
+    const readers = [];
+    for (let cpu = 0; cpu < cpus; cpu++) {
+      const opts = { signal: abort.signal, flushIntervalMs: 0, pageSize: loaded.pageSize, adaptiveBatch: false as const, layout: engine.pageLayout("polled"), waitInPool: false };
+      readers.push(await startUrgentReader(engine.instanceDir("polled"), cpu, opts, (r) => (runs.push(r), 1000)));
+    }
+    // One child at a time, the next once the last one's exit was read: a reader that stopped
+    // after its first page (as one did that resumed inside its own read callback) fails here.
+    for (let i = 0; i < 6; i++) {
+      const child = spawn("true", [], { stdio: "ignore" });
+      const pid = await new Promise<number>((resolve, reject) => child.once("exit", () => resolve(child.pid!)).once("error", reject));
+      const deadline = Date.now() + 10_000;
+      const has = (): boolean => runs.some((r) => r.data.includes(Buffer.from(new Int32Array([pid]).buffer)));
+      while (!has() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      assert.ok(has(), `child ${i} (pid ${pid}): its exit was read`);
+    }
+    abort.abort();
+    await Promise.all(readers.map((r) => r?.done));
+  });
+
   test("a kprobe on a kernel without kprobes: UNSUPPORTED naming kprobes, nothing left", async (t) => {
     if (fs.existsSync(`${tf.root}/kprobe_events`)) return t.skip("this kernel has kprobes");
     const err = await expectProbeError(

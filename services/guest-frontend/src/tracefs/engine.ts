@@ -225,6 +225,9 @@ export class ProbeEngine {
         R.RESULT_CODE_KERNEL_REFUSED,
       );
       await this.step(`${instance}: trace_clock mono`, () => writeText(path.join(dir, "trace_clock"), "mono"), R.RESULT_CODE_UNSUPPORTED);
+      // Poll (the urgent readers wait in epoll) says "readable" at the first event, not when the
+      // buffer is half full (the default 50). Kernels before 5.1 have no such file and behave so.
+      await writeText(path.join(dir, "buffer_percent"), "0").catch(() => undefined);
 
       for (const k of spec.kprobes) await this.addKprobe(st, k);
 

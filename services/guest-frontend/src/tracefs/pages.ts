@@ -14,6 +14,7 @@
  *   On abort we therefore close the fd ourselves after a short grace period.
  */
 import fs from "node:fs";
+import net from "node:net";
 import path from "node:path";
 import { closeFd, openFd, sleep } from "./fsutil.js";
 import { errnoOf } from "./errors.js";
@@ -69,6 +70,8 @@ export interface ReadPagesOptions {
   maxPagesPerBatch?: number;
   /** The page header layout (events/header_page): with it, pages are cut to the bytes they hold. */
   layout?: PageLayout;
+  /** Urgent (startUrgentReader): false: wait in the event loop's epoll, not with a blocking read on a pool thread (default true). */
+  waitInPool?: boolean;
 }
 
 /** A page with more free space than this was not full: the writer is still on it. */
@@ -78,11 +81,115 @@ export function traceRawPath(instanceDir: string, cpu: number): string {
   return path.join(instanceDir, "per_cpu", `cpu${cpu}`, "trace_pipe_raw");
 }
 
+/** What an urgent reader waits on for its next page: a pool-thread read, or the event loop's epoll. */
+interface WaitFile {
+  open(): Promise<boolean>;
+  readCb(buf: Buffer, done: (n: number, err?: Error) => void): void;
+  reopen(): Promise<boolean>;
+  abort(): void;
+  close(): Promise<void>;
+}
+
+interface PipeHandle {
+  open(fd: number): number;
+}
+type PipeWrap = { Pipe: new (type: number) => PipeHandle; constants: { SOCKET: number } };
+
+/** libuv's pipe handle, which polls any fd (Node's own net.Socket refuses a tracefs file by its type). */
+const pipeWrap: PipeWrap | undefined = (() => {
+  try {
+    return (process as unknown as { binding(name: string): PipeWrap }).binding("pipe_wrap");
+  } catch {
+    return undefined;
+  }
+})();
+
+/**
+ * trace_pipe_raw waited for in the event loop: a non-blocking fd that libuv polls (tracefs
+ * supports poll; the instance's buffer_percent 0 makes it readable at the first event), and
+ * the page read on this thread as soon as it is there. The pool-thread read (RawFile) costs two
+ * thread hops per wake-up, ~1 ms under TCG, and a page read there sits outside the spool until
+ * the event loop takes it. One page per readCb, into the buffer of the first call.
+ */
+class PolledRawFile implements WaitFile {
+  private fd: number | undefined;
+  private socket: net.Socket | undefined;
+  private pending: ((n: number, err?: Error) => void) | undefined;
+
+  constructor(
+    private readonly file: string,
+    private readonly signal: AbortSignal,
+  ) {}
+
+  async open(): Promise<boolean> {
+    const fd = await openFd(this.file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    if (this.signal.aborted) {
+      await closeFd(fd);
+      return false;
+    }
+    this.fd = fd;
+    return true;
+  }
+
+  readCb(buf: Buffer, done: (n: number, err?: Error) => void): void {
+    if (this.fd === undefined) return done(0);
+    this.pending = done;
+    if (this.socket !== undefined) {
+      this.socket.resume();
+      return;
+    }
+    const handle = new pipeWrap!.Pipe(pipeWrap!.constants.SOCKET);
+    const rc = handle.open(this.fd);
+    if (rc !== 0) return this.settle(0, new Error(`cannot poll ${this.file} (libuv error ${rc})`));
+    // The socket owns the fd from here: destroying it closes the fd.
+    // `handle` is a documented-in-code but untyped option of net.Socket (what child_process uses).
+    // The consumer usually asks for the next page from inside the callback (its copy of this
+    // one is made): reading goes on; else it stops until the next readCb.
+    const onread = (n: number): boolean => {
+      this.settle(n);
+      return this.pending !== undefined;
+    };
+    const opts = { handle, readable: true, writable: false, onread: { buffer: buf, callback: onread } };
+    this.socket = new net.Socket(opts as net.SocketConstructorOpts);
+    this.socket.on("end", () => this.settle(0)); // EOF: the reader reopens
+    this.socket.on("error", (err: Error) => this.settle(0, err));
+  }
+
+  private settle(n: number, err?: Error): void {
+    const done = this.pending;
+    this.pending = undefined;
+    done?.(n, err);
+  }
+
+  async reopen(): Promise<boolean> {
+    await this.close();
+    if (this.signal.aborted) return false;
+    return this.open();
+  }
+
+  abort(): void {
+    void this.close();
+    this.settle(0);
+  }
+
+  close(): Promise<void> {
+    const s = this.socket;
+    const fd = this.fd;
+    this.socket = undefined;
+    this.fd = undefined;
+    if (s !== undefined) {
+      s.destroy();
+      return Promise.resolve();
+    }
+    return fd === undefined ? Promise.resolve() : closeFd(fd);
+  }
+}
+
 /**
  * One fd on trace_pipe_raw that can be closed from outside while a read is pending
  * (that is what wakes the read on recent kernels), and reopened after a spurious EOF.
  */
-class RawFile {
+class RawFile implements WaitFile {
   private fd: number | undefined;
   private reading = false;
   private closing: Promise<void> | undefined;
@@ -248,7 +355,7 @@ export class UrgentReader {
   private scratch: { buf: Buffer; iov: Buffer[] } | undefined;
 
   constructor(
-    private readonly raw: RawFile,
+    private readonly raw: WaitFile,
     private readonly cpu: number,
     private readonly opts: ReadPagesOptions,
     private readonly onRun: (run: RunRead) => number,
@@ -396,7 +503,7 @@ export async function startUrgentReader(instanceDir: string, cpu: number, opts: 
   if (signal.aborted) return undefined;
   const file = traceRawPath(instanceDir, cpu);
   const grace = opts.wakeGraceMs ?? 25;
-  const raw = new RawFile(file, fs.constants.O_RDONLY, signal, grace);
+  const raw: WaitFile = opts.waitInPool === false && pipeWrap !== undefined ? new PolledRawFile(file, signal) : new RawFile(file, fs.constants.O_RDONLY, signal, grace);
   const drain = new RawFile(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK, signal, grace);
   const onAbort = (): void => {
     raw.abort();
