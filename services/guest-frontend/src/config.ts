@@ -7,6 +7,7 @@ import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { parseArgs } from "node:util";
 import { checkGuestId, DEFAULT_MAX_FRAME_BYTES } from "@vesper/protocol";
+import type { UrgentWait } from "./tracefs/index.js";
 
 export interface FrontendConfig {
   guestId: string;
@@ -45,7 +46,7 @@ export interface FrontendConfig {
    * hops more per wake-up; also used when this Node has no pipe handle to poll with). Measured
    * tracepoint -> data frame (bench/latency): TCG guest 4.9 -> 4.2-4.35 ms, host 1.96 -> 1.57 ms.
    */
-  urgentWait: "pool" | "epoll";
+  urgentWait: UrgentWait;
   /** On SIGTERM, leave the probes loaded and spooled for the next frontend (an upgrade) instead of unloading them. */
   keepProbesOnExit: boolean;
 }
@@ -62,7 +63,7 @@ function intIn(name: string, v: string | undefined, dflt: number, min: number, m
   return n;
 }
 
-function urgentWaitOf(v: string): "pool" | "epoll" {
+function urgentWaitOf(v: string): UrgentWait {
   if (v === "pool" || v === "epoll") return v;
   throw new Error(`--urgent-wait must be pool or epoll, got ${JSON.stringify(v)}`);
 }

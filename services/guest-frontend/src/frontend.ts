@@ -13,7 +13,7 @@ import { ErrorCode, isVesperError, ring, type Logger } from "@vesper/protocol";
 import type { CommandHandler, RingClient } from "./ring-client.js";
 import { SendWindow, type OutRun } from "./send-window.js";
 import { ProbeSpool, type RecoveredSpool } from "./spool.js";
-import { ProbeError, readPageRuns, startUrgentReader, type ProbeEngine, type RunRead, type Tracefs, type UrgentReader } from "./tracefs/index.js";
+import { ProbeError, readPageRuns, startUrgentReader, type ProbeEngine, type RunRead, type Tracefs, type UrgentReader, type UrgentWait } from "./tracefs/index.js";
 
 const AGENT_VERSION = "0.2.0";
 
@@ -30,8 +30,8 @@ export interface FrontendOptions {
   maxPagesPerMessage: number;
   /** Most page bytes in one data message (under the frame limit). */
   maxMessageBytes: number;
-  /** Urgent readers wait in the event loop's epoll ("epoll", default) or on a pool thread. */
-  urgentWait?: "pool" | "epoll";
+  /** How urgent readers wait for pages (default "epoll"). */
+  urgentWait?: UrgentWait;
 }
 
 interface RunningProbe {
@@ -231,7 +231,7 @@ export class Frontend implements CommandHandler {
         pageSize,
         maxPagesPerBatch: perBatch,
         layout: this.engine.pageLayout(spec.name),
-        waitInPool: this.o.urgentWait !== "epoll",
+        urgentWait: this.o.urgentWait,
       };
       const dir = this.engine.instanceDir(spec.name);
       if (mode === "urgent") rp.pumps.push(this.urgentPump(spec.name, dir, cpu, rp, opts));

@@ -213,7 +213,7 @@ describe("ProbeEngine", () => {
     const reader = await startUrgentReader(
       engine.instanceDir("pile"),
       0,
-      { signal: abort.signal, flushIntervalMs: 0, pageSize: loaded.pageSize, minBatchDelayMs: 300, maxPagesPerBatch: 32, layout: engine.pageLayout("pile") },
+      { signal: abort.signal, flushIntervalMs: 0, pageSize: loaded.pageSize, minBatchDelayMs: 300, maxPagesPerBatch: 32, layout: engine.pageLayout("pile"), urgentWait: "pool" },
       (r) => {
         runs.push(r);
         return (room -= r.count);
@@ -245,7 +245,7 @@ describe("ProbeEngine", () => {
     const abort = new AbortController();
     const readers = [];
     for (let cpu = 0; cpu < cpus; cpu++) {
-      const opts = { signal: abort.signal, flushIntervalMs: 0, pageSize: loaded.pageSize, adaptiveBatch: false as const, layout: engine.pageLayout("polled"), waitInPool: false };
+      const opts = { signal: abort.signal, flushIntervalMs: 0, pageSize: loaded.pageSize, adaptiveBatch: false as const, layout: engine.pageLayout("polled"), urgentWait: "epoll" as const };
       readers.push(await startUrgentReader(engine.instanceDir("polled"), cpu, opts, (r) => (runs.push(r), 1000)));
     }
     // One child at a time, the next once the last one's exit was read: a reader that stopped

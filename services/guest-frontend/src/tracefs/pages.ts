@@ -41,6 +41,9 @@ export interface RunRead {
 
 export type ReadMode = "urgent" | "bulk";
 
+/** How an urgent reader waits for its next page: in the event loop's epoll, or with a blocking read on a pool thread. */
+export type UrgentWait = "epoll" | "pool";
+
 export interface ReadPagesOptions {
   signal: AbortSignal;
   /** Bulk: how often the buffer is drained (a partly filled page waits at most this long). */
@@ -70,8 +73,8 @@ export interface ReadPagesOptions {
   maxPagesPerBatch?: number;
   /** The page header layout (events/header_page): with it, pages are cut to the bytes they hold. */
   layout?: PageLayout;
-  /** Urgent (startUrgentReader): false: wait in the event loop's epoll, not with a blocking read on a pool thread (default true). */
-  waitInPool?: boolean;
+  /** Urgent (startUrgentReader): how to wait for the next page. Default "epoll" (else "pool" when this Node has no pipe handle). */
+  urgentWait?: UrgentWait;
 }
 
 /** A page with more free space than this was not full: the writer is still on it. */
@@ -141,14 +144,14 @@ class PolledRawFile implements WaitFile {
     const handle = new pipeWrap!.Pipe(pipeWrap!.constants.SOCKET);
     const rc = handle.open(this.fd);
     if (rc !== 0) return this.settle(0, new Error(`cannot poll ${this.file} (libuv error ${rc})`));
-    // The socket owns the fd from here: destroying it closes the fd.
-    // `handle` is a documented-in-code but untyped option of net.Socket (what child_process uses).
     // The consumer usually asks for the next page from inside the callback (its copy of this
     // one is made): reading goes on; else it stops until the next readCb.
     const onread = (n: number): boolean => {
       this.settle(n);
       return this.pending !== undefined;
     };
+    // `handle` is an untyped option of net.Socket (child_process passes its pipes so). The socket
+    // owns the fd from here: destroying it closes the fd.
     const opts = { handle, readable: true, writable: false, onread: { buffer: buf, callback: onread } };
     this.socket = new net.Socket(opts as net.SocketConstructorOpts);
     this.socket.on("end", () => this.settle(0)); // EOF: the reader reopens
@@ -503,7 +506,7 @@ export async function startUrgentReader(instanceDir: string, cpu: number, opts: 
   if (signal.aborted) return undefined;
   const file = traceRawPath(instanceDir, cpu);
   const grace = opts.wakeGraceMs ?? 25;
-  const raw: WaitFile = opts.waitInPool === false && pipeWrap !== undefined ? new PolledRawFile(file, signal) : new RawFile(file, fs.constants.O_RDONLY, signal, grace);
+  const raw: WaitFile = opts.urgentWait !== "pool" && pipeWrap !== undefined ? new PolledRawFile(file, signal) : new RawFile(file, fs.constants.O_RDONLY, signal, grace);
   const drain = new RawFile(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK, signal, grace);
   const onAbort = (): void => {
     raw.abort();
