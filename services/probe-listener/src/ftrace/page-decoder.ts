@@ -82,6 +82,9 @@ const TYPE_PADDING = 29;
 const TYPE_TIME_EXTEND = 30;
 const TYPE_TIME_STAMP = 31;
 const COMMIT_MASK = (1 << 27) - 1;
+
+/** Little-endian u32 at any offset (the caller has checked the bounds). */
+const le32 = (b: Uint8Array, at: number): number => (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
 const MISSED_EVENTS = 0x80000000;
 const MISSED_STORED = 0x40000000;
 const TS_MSB = 0xf8n << 56n;
@@ -187,9 +190,10 @@ export class PageDecoder {
       r.missedEvents = -1;
       if (commitWord & MISSED_STORED) {
         const at = dataOffset + commit;
-        if (at + commitSize <= pageLen && (at & 3) === 0) {
-          const lo = u32[base + (at >>> 2)]!;
-          const hi = commitSize === 8 ? u32[base + (at >>> 2) + 1]! : 0;
+        if (at + commitSize <= pageLen) {
+          // A real commit is 4-aligned; a forged one need not be, so read bytes, not words.
+          const lo = le32(page, at);
+          const hi = commitSize === 8 ? le32(page, at + 4) : 0;
           r.missedEvents = hi >= 1 << 21 ? Number.MAX_SAFE_INTEGER : hi * 2 ** 32 + lo;
         } else scanProblem(r, `missed-events count at data offset ${commit} lies past the page end`);
       }
@@ -349,7 +353,8 @@ export class PageDecoder {
           break;
         }
         const len = dv.getUint32(pos + 4, true);
-        if (len < 4 || len > end - pos - 4) {
+        // The kernel keeps records 4-aligned; an unaligned length is forged (and scan refuses it too).
+        if (len < 4 || len > end - pos - 4 || (len & 3) !== 0) {
           errors.push(`record at ${pos - dataOffset}: length ${len} invalid or past the committed data`);
           break;
         }
@@ -372,7 +377,7 @@ export class PageDecoder {
         }
         const word = dv.getUint32(pos + 4, true);
         if (typeLen === TYPE_PADDING) {
-          if (word < 4 || word > end - pos - 4) {
+          if (word < 4 || word > end - pos - 4 || (word & 3) !== 0) {
             errors.push(`padding at ${pos - dataOffset}: length ${word} invalid or past the committed data`);
             break;
           }
