@@ -217,10 +217,10 @@ describe("hostile guests", () => {
     assert.match(early.message, /before Hello/);
     g.send("ctl", { $case: "result", value: { commandId: 424242n, code: OK, message: "", kernelLog: [], detail: undefined } });
     g.hello();
-    const misplaced = await g.errorFor(g.send("ctl", { $case: "data", value: { probe: "exits", pages: [], loadId: 1n, acked: [], runs: [], ackSoon: false } }));
+    const misplaced = await g.errorFor(g.send("ctl", { $case: "data", value: { probe: "exits", pages: [], loadId: 1n, acked: [], runs: [], ackSoon: false, skips: [] } }));
     assert.equal(misplaced.code, ring.RingErrorCode.RING_ERROR_CODE_UNSOLICITED);
     // Data claiming another guest, and garbage, on the data path.
-    g.send("data", { $case: "data", value: { probe: "exits", pages: [], loadId: 1n, acked: [], runs: [], ackSoon: false } }, { guestId: GOOD });
+    g.send("data", { $case: "data", value: { probe: "exits", pages: [], loadId: 1n, acked: [], runs: [], ackSoon: false, skips: [] } }, { guestId: GOOD });
     g.send("data", Uint8Array.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]));
     await waitFor("counted", async () => (await listenerDrops(g.id))?.dataMalformed === 1n && (await listenerDrops(g.id))?.dataWrongGuest === 1n, { timeoutMs: 10_000 });
     const d = await drops(g.id);
@@ -255,7 +255,7 @@ describe("hostile guests", () => {
     lying.writeBigUInt64LE(0x7fff_ffffn, 8); // commit: 2 GB of data in a 4 KB page
     const empty = Buffer.alloc(4096); // commit 0: a valid page with nothing in it
     const page = (seq: bigint, bytes: Buffer): ring.RawPage => ({ cpu: 0, seq, page: bytes });
-    const data = (pages: ring.RawPage[], lid = loadId, probe = "exits"): ring.GuestMessage["body"] => ({ $case: "data", value: { probe, pages, loadId: lid, acked: [], runs: [], ackSoon: false } });
+    const data = (pages: ring.RawPage[], lid = loadId, probe = "exits"): ring.GuestMessage["body"] => ({ $case: "data", value: { probe, pages, loadId: lid, acked: [], runs: [], ackSoon: false, skips: [] } });
     const acked = (seq: bigint, resend: boolean) => (m: ring.HostMessage): boolean =>
       m.body?.$case === "ack" && m.body.value.loadId === loadId && m.body.value.resend === resend && m.body.value.cpus.some((c) => c.cpu === 0 && c.seq === seq);
     const first = g.send("data", data([page(1n, Buffer.alloc(10)), page(2n, lying), page(3n, empty), page(3n, empty)]));
@@ -283,7 +283,7 @@ describe("hostile guests", () => {
     const chunk = Buffer.alloc(16 * 1024, 1);
     const total = 6 * QUOTA;
     for (let sent = 0; sent < total; sent += chunk.length) {
-      g.send("data", encodeGuestMessage({ version: PROTOCOL_VERSION, guestId: g.id, seq: 1n, body: { $case: "data", value: { probe: "exits", pages: [{ cpu: 0, seq: 1n, page: chunk }], loadId: 1n, acked: [], runs: [], ackSoon: false } } }));
+      g.send("data", encodeGuestMessage({ version: PROTOCOL_VERSION, guestId: g.id, seq: 1n, body: { $case: "data", value: { probe: "exits", pages: [{ cpu: 0, seq: 1n, page: chunk }], loadId: 1n, acked: [], runs: [], ackSoon: false, skips: [] } } }));
     }
     await nc.flush();
     const n = 1 + Math.ceil(total / chunk.length);

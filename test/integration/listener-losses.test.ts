@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { connectNats, ProbeStore, request } from "@vesper/host-common";
-import { ProbeListener } from "@vesper/probe-listener";
+import { buildDecoder, ProbeListener } from "@vesper/probe-listener";
 import { api, bus, createLogger, decodeHostMessage, encodeGuestMessage, EVENTS_STREAM, PROTOCOL_VERSION, ring, subjects } from "@vesper/protocol";
 import { waitFor } from "../harness/wait.js";
 
@@ -61,7 +61,7 @@ const bulkGuest = `lossb${process.pid}`;
 const bulkAcks: Array<{ at: number; ack: ring.DataAck }> = [];
 function send(probe: string, cpu: number, pageSeq: bigint, page: Buffer, guestId = guest): void {
   seq++;
-  const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId, seq, body: { $case: "data", value: { probe, pages: [{ cpu, seq: pageSeq, page }], loadId, acked: [], runs: [], ackSoon: false } } };
+  const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId, seq, body: { $case: "data", value: { probe, pages: [{ cpu, seq: pageSeq, page }], loadId, acked: [], runs: [], ackSoon: false, skips: [] } } };
   nc.publish(subjects.ringUpData(guest), encodeGuestMessage(msg));
 }
 
@@ -88,9 +88,9 @@ after(async () => {
   await nc.drain();
 });
 
-async function collect(startSeq: number, until: (rs: api.WatchEventsResponse[]) => boolean): Promise<api.WatchEventsResponse[]> {
+async function collect(startSeq: number, until: (rs: api.WatchEventsResponse[]) => boolean, of = guest): Promise<api.WatchEventsResponse[]> {
   const js = jetstream(nc);
-  const c = await js.consumers.get(EVENTS_STREAM, { filter_subjects: subjects.events(guest, "fixture"), opt_start_seq: startSeq });
+  const c = await js.consumers.get(EVENTS_STREAM, { filter_subjects: subjects.events(of, "fixture"), opt_start_seq: startSeq });
   const out: api.WatchEventsResponse[] = [];
   const msgs = await c.consume();
   const timer = setTimeout(() => void msgs.stop(), 30_000);
@@ -155,7 +155,7 @@ test("acks: a few stored pages wait for company (ackDelayMs); asked for (ack_soo
   const sendPages = (from: number, n: number, ackSoon = false): number => {
     seq++;
     const ps = Array.from({ length: n }, (_, i) => ({ cpu: 0, seq: BigInt(from + i), page }));
-    const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId: bulkGuest, seq, body: { $case: "data", value: { probe: "fixture", pages: ps, loadId, acked: [], runs: [], ackSoon } } };
+    const msg: ring.GuestMessage = { version: PROTOCOL_VERSION, guestId: bulkGuest, seq, body: { $case: "data", value: { probe: "fixture", pages: ps, loadId, acked: [], runs: [], ackSoon, skips: [] } } };
     nc.publish(subjects.ringUpData(bulkGuest), encodeGuestMessage(msg));
     return Date.now();
   };
@@ -177,4 +177,56 @@ test("acks: a few stored pages wait for company (ackDelayMs); asked for (ack_soo
   sendPages(183, 90);
   await waitFor("272 pages acknowledged", () => acked(272n), { timeoutMs: 10_000 });
   fast(272n, sentMany);
+});
+
+test("a guest that adopted its load: past its skip nothing counts as lost or duplicate, and what its predecessor read and never sent is reported once", async () => {
+  const g = `lossr${process.pid}`;
+  const lid = loadId + 7n;
+  const loaded: ring.LoadedProbe = { instance: "vesper-fixture", formats: formats(), headerPage: read("header_page"), pageSize: 4096, cpus: 1, loadId: lid };
+  const r = await request(nc, subjects.listenerAttach, bus.AttachRequest, bus.AttachResponse, { guest: g, spec, loaded });
+  assert.equal(r.error, undefined);
+  const got: ring.DataAck[] = [];
+  const down = nc.subscribe(subjects.ringDown(g), {
+    callback: (_e, m) => {
+      const msg = decodeHostMessage(m.data);
+      if (msg.body?.$case === "ack") got.push(msg.body.value);
+    },
+  });
+  const acked = (s: bigint): ring.CpuSeq | undefined => got.flatMap((a) => a.cpus).find((c) => c.cpu === 0 && c.seq === s);
+  const up = (body: ring.GuestMessage["body"]): void => {
+    seq++;
+    nc.publish(subjects.ringUpData(g), encodeGuestMessage({ version: PROTOCOL_VERSION, guestId: g, seq, body }));
+  };
+  const data = (pageSeq: bigint, skips: ring.SeqSkip[] = []): ring.GuestMessage["body"] => ({
+    $case: "data",
+    value: { probe: "fixture", pages: [{ cpu: 0, seq: pageSeq, page: basic }], loadId: lid, acked: [], runs: [], ackSoon: true, skips },
+  });
+  const basic = pages("basic")[0]!;
+  const perPage = buildDecoder(spec, loaded).decode(basic).events.length;
+  const start = Number((await (await jetstreamManager(nc)).streams.info(EVENTS_STREAM)).state.last_seq) + 1;
+  try {
+    // The first frontend sends pages 1-3 and dies after sending 3, before spooling it.
+    for (const s of [1n, 2n, 3n]) up(data(s));
+    await waitFor("pages 1-3 acknowledged", () => acked(3n), { timeoutMs: 10_000 });
+    assert.equal(acked(3n)?.events, BigInt(3 * perPage), "the ack carries the host's event count, for the guest to echo");
+    // The next one adopts the spool (it ends at 2): its new pages start past a window of seqs.
+    // Had it reused seq 3, the host would have dropped that page as one it already has.
+    up(data(1027n, [{ cpu: 0, from: 3n, to: 1027n }]));
+    await waitFor("the first page after the skip acknowledged", () => acked(1027n), { timeoutMs: 10_000 });
+    // Its adoption check: the kernel had handed out the events of pages 1-3 and 2 more, which
+    // the dead frontend had read and not sent. Sent twice (every stats report carries it).
+    const check = { $case: "stats" as const, value: { probe: "fixture", cpus: [], pagesDropped: 0n, readChecks: [{ cpu: 0, readEvents: BigInt(3 * perPage + 2), nextSeq: 1027n }] } };
+    up(check);
+    up(check);
+    await waitFor("the read loss counted", () => listener.counts(g).readLost === 2n, { timeoutMs: 10_000 });
+    const rs = await collect(start, (x) => x.some((y) => y.kind?.$case === "loss") && x.filter((y) => y.kind?.$case === "event" && y.kind.value.pageSeq === 1027n).length === perPage, g);
+    const losses = rs.flatMap((x) => (x.kind?.$case === "loss" ? [x.kind.value] : []));
+    assert.deepEqual(losses.map((l) => [l.readLost, l.pagesLost, l.kernelLost]), [[2n, 0n, 0n]], "one loss record: the 2 events read and never sent");
+    await new Promise((res) => setTimeout(res, 300));
+    assert.equal(listener.counts(g).readLost, 2n, "the repeated check reported nothing more");
+    assert.equal(listener.counts(g).readChecks, 2);
+    assert.equal(listener.counts(g).replayedPages, 0, "no page was taken for a duplicate");
+  } finally {
+    down.unsubscribe();
+  }
 });

@@ -10,7 +10,7 @@
  *   integers, else decimal strings; str as strings; raw bytes as lower-case hex.
  *   A field whose name is one of the keys above is written as `field_<name>` (in the
  *   human format too, e.g. sched_process_exit's own `pid` next to the common pid).
- * Loss records: {"loss": {guest, probe, cpu, kernel_lost, pages_lost, seq}}.
+ * Loss records: {"loss": {guest, probe, cpu, kernel_lost, pages_lost, read_lost, seq}}.
  *
  * JSON rule objects (`vesper rules --json`, one array): id, guest, service, source ("file" or
  * "api"), rule (the rule as written), probes [{probe, loaded}], last_fired ({at, reason} or
@@ -59,6 +59,7 @@ export function eventToJson(res: api.WatchEventsResponse): Record<string, Json> 
         cpu: l.cpu,
         kernel_lost: bigintToJson(l.kernelLost),
         pages_lost: bigintToJson(l.pagesLost),
+        read_lost: bigintToJson(l.readLost),
         seq: bigintToJson(res.streamSeq),
       },
     };
@@ -94,7 +95,7 @@ export function formatEventLine(res: api.WatchEventsResponse): string | undefine
   if (k === undefined) return undefined;
   if (k.$case === "loss") {
     const l = k.value;
-    return `${new Date().toISOString()} ${l.guest}/${l.probe} cpu${l.cpu} WARNING events lost: kernel_lost=${l.kernelLost} pages_lost=${l.pagesLost}`;
+    return `${new Date().toISOString()} ${l.guest}/${l.probe} cpu${l.cpu} WARNING events lost: kernel_lost=${l.kernelLost} pages_lost=${l.pagesLost} read_lost=${l.readLost}`;
   }
   const e = k.value;
   const parts = [

@@ -213,7 +213,7 @@ describe("vesper CLI against a gateway on real NATS", () => {
     const s1 = await publish(js, event(g, "process", "sched/sched_process_exit", 100));
     await publish(js, event(uniq("other"), "process", "sched/sched_process_exit", 1));
     const s2 = await publish(js, {
-      kind: { $case: "loss", value: { guest: g, probe: "process", cpu: 0, kernelLost: 5n, pagesLost: 0n } },
+      kind: { $case: "loss", value: { guest: g, probe: "process", cpu: 0, kernelLost: 5n, pagesLost: 0n, readLost: 0n } },
       streamSeq: 0n,
     });
     const s3 = await publish(js, event(g, "files", "vesper_files/open", 101));
@@ -241,7 +241,7 @@ describe("vesper CLI against a gateway on real NATS", () => {
       raw: "dead",
       field_pid: 7,
     });
-    assert.deepEqual(lines[1], { loss: { guest: g, probe: "process", cpu: 0, kernel_lost: 5, pages_lost: 0, seq: s2 } });
+    assert.deepEqual(lines[1], { loss: { guest: g, probe: "process", cpu: 0, kernel_lost: 5, pages_lost: 0, read_lost: 0, seq: s2 } });
     assert.equal(lines[2].seq, s3);
     assert.equal(lines[2].event, "vesper_files/open");
   });

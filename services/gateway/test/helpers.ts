@@ -124,7 +124,7 @@ export function makeEvent(guest: string, probe: string, event: string, extra: Pa
 
 export function makeLoss(guest: string, probe: string): api.WatchEventsResponse {
   return {
-    kind: { $case: "loss", value: { guest, probe, cpu: 0, kernelLost: 7n, pagesLost: 1n } },
+    kind: { $case: "loss", value: { guest, probe, cpu: 0, kernelLost: 7n, pagesLost: 1n, readLost: 0n } },
     streamSeq: 0n,
   };
 }

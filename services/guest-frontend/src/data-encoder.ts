@@ -1,7 +1,8 @@
 /**
  * Hand-rolled encoder for the one hot message: GuestMessage{version, guest_id, seq,
- * data: ProbeData{probe, load_id, acked: CpuSeq{cpu, seq}, runs: PageRun{cpu,
- * first_seq, count, page_size, last_length, data}, ack_soon}}. It produces exactly the bytes
+ * data: ProbeData{probe, load_id, acked: CpuSeq{cpu, seq, events}, runs: PageRun{cpu,
+ * first_seq, count, page_size, last_length, data}, ack_soon, skips: SeqSkip{cpu, from, to}}}.
+ * It produces exactly the bytes
  * the generated encoder does (proto3: default values omitted, fields in number order;
  * checked by test/data-encoder.test.ts), but as parts: small header buffers with
  * each run's page bytes in between, untouched, so a byte-stream transport writes the
@@ -13,6 +14,26 @@ import { FRAME_HEADER_BYTES, FRAME_MAGIC_0, FRAME_MAGIC_1, FRAME_VERSION, FrameK
 export interface CpuSeq {
   cpu: number;
   seq: number | bigint;
+  /** The host's event count up to seq (proto3 optional: written when set, even as 0). */
+  events?: bigint | undefined;
+}
+
+export interface SeqSkip {
+  cpu: number;
+  from: number | bigint;
+  to: number | bigint;
+}
+
+/** ProbeData as the hot path builds it: runs of pages, plain-number sequence numbers. */
+export interface DataMessage {
+  probe: string;
+  loadId: bigint;
+  runs: readonly DataRun[];
+  acked: readonly CpuSeq[];
+  /** The window is filling: the host should ack without coalescing (ProbeData.ack_soon). */
+  ackSoon?: boolean;
+  /** After adopting a predecessor's load: seqs that will never come (ProbeData.skips). */
+  skips?: readonly SeqSkip[];
 }
 
 export interface DataRun {
@@ -104,7 +125,11 @@ function runLen(r: DataRun): number {
 }
 
 function cpuSeqLen(c: CpuSeq): number {
-  return field(c.cpu) + field(c.seq);
+  return field(c.cpu) + field(c.seq) + (c.events === undefined ? 0 : 1 + bigVarintLen(c.events));
+}
+
+function skipLen(k: SeqSkip): number {
+  return field(k.cpu) + field(k.from) + field(k.to);
 }
 
 /**
@@ -147,28 +172,22 @@ function probeFields(probe: string, loadId: bigint): Buffer {
 
 /**
  * Encodes the data message as parts whose concatenation is the message (with
- * `framed`, preceded by its frame header of kind Data; the caller checks the size limit;
- * `ackSoon` sets ProbeData.ack_soon).
+ * `framed`, preceded by its frame header of kind Data; the caller checks the size limit).
  */
-export function encodeDataMessage(
-  version: number,
-  guestId: string,
-  seq: bigint,
-  probe: string,
-  loadId: bigint,
-  acked: readonly CpuSeq[],
-  runs: readonly DataRun[],
-  framed = false,
-  ackSoon = false,
-): Buffer[] {
+export function encodeDataMessage(version: number, guestId: string, seq: bigint, msg: DataMessage, framed = false): Buffer[] {
+  const { acked, runs } = msg;
+  const ackSoon = msg.ackSoon === true;
+  const skips = msg.skips ?? [];
   const head = guestFields(version, guestId);
-  const probeHead = probeFields(probe, loadId);
+  const probeHead = probeFields(msg.probe, msg.loadId);
   const ackLens = acked.map(cpuSeqLen);
   const runLens = runs.map(runLen);
+  const skipLens = skips.map(skipLen);
   let dataLen = probeHead.length;
   for (const l of ackLens) dataLen += 1 + varintLen(l) + l;
   for (const l of runLens) dataLen += 1 + varintLen(l) + l;
   if (ackSoon) dataLen += 2;
+  for (const l of skipLens) dataLen += 1 + varintLen(l) + l;
   const total = head.length + field(seq) + 1 + varintLen(dataLen) + dataLen;
 
   // Everything but the run data goes into one buffer, cut into the parts between the runs.
@@ -191,6 +210,10 @@ export function encodeDataMessage(
     w.len(0x22, ackLens[i]!); // ProbeData.acked = 4
     w.field(0x08, c.cpu);
     w.field(0x10, c.seq);
+    if (c.events !== undefined) {
+      w.buf[w.o++] = 0x18; // CpuSeq.events = 3, optional: present even when 0
+      w.bigVarint(c.events);
+    }
   });
   const parts: Buffer[] = [];
   let from = 0;
@@ -208,6 +231,12 @@ export function encodeDataMessage(
     from = w.o;
   });
   if (ackSoon) w.field(0x30, 1); // ProbeData.ack_soon = 6
+  skips.forEach((k, i) => {
+    w.len(0x3a, skipLens[i]!); // ProbeData.skips = 7
+    w.field(0x08, k.cpu);
+    w.field(0x10, k.from);
+    w.field(0x18, k.to);
+  });
   if (w.o !== headBytes) throw new Error(`data encoder size mismatch (${w.o} != ${headBytes})`);
   if (from < w.o || parts.length === 0) parts.push(w.buf.subarray(from, w.o));
   return parts;

@@ -13,7 +13,7 @@ import { ErrorCode, isVesperError, ring, type Logger } from "@vesper/protocol";
 import type { CommandHandler, RingClient } from "./ring-client.js";
 import { SendWindow, type OutRun } from "./send-window.js";
 import { ProbeSpool, type RecoveredSpool } from "./spool.js";
-import { ProbeError, readPageRuns, startUrgentReader, type ProbeEngine, type RunRead, type Tracefs, type UrgentReader, type UrgentWait } from "./tracefs/index.js";
+import { ProbeError, readPageRuns, startUrgentReader, urgentReadsInLoop, type ProbeEngine, type RunRead, type Tracefs, type UrgentReader, type UrgentWait } from "./tracefs/index.js";
 
 const AGENT_VERSION = "0.2.0";
 
@@ -53,6 +53,8 @@ interface RunningProbe {
   /** Pages were read since the last stats: the counters may have changed (else they are read once a minute). */
   active: boolean;
   statsAt: number;
+  /** Taken at adoption, before any read: sent with every stats report (the host counts each loss once). */
+  readonly adoptedChecks: ring.ReadCheck[];
 }
 
 export class Frontend implements CommandHandler {
@@ -133,6 +135,7 @@ export class Frontend implements CommandHandler {
         ok = false;
         continue;
       }
+      if (Number(c.seq) === w.acked) w.ackedEvents = c.events;
       rp.urgent[c.cpu]?.resume(w.room); // a reader waiting for room goes on (resume ignores 0)
       if (w.hasUnsent) this.kick(rp, c.cpu);
     }
@@ -143,7 +146,12 @@ export class Frontend implements CommandHandler {
     // A new Welcome may come from a host that restarted: whatever was in flight is gone.
     for (const rp of this.running.values()) {
       rp.windows.forEach((w, cpu) => {
-        if (w.unacked === 0) return;
+        if (w.unacked === 0) {
+          // An adopted load's skip goes out even with no page to carry it, so the host's
+          // check of what the predecessor read need not wait for this CPU's next event.
+          if (w.pendingSkip !== undefined) void this.client?.sendData(this.dataMessage(rp, cpu, [])).catch(() => undefined);
+          return;
+        }
         w.rewind();
         this.kick(rp, cpu);
       });
@@ -166,7 +174,10 @@ export class Frontend implements CommandHandler {
           throw new Error(`instance has ${got.cpus} CPUs of ${got.pageSize}-byte pages, the spool ${meta.cpus} of ${meta.pageSize}`);
         }
         const pending = [...r.runs.values()].reduce((n, runs) => n + runs.reduce((m, x) => m + x.count, 0), 0);
-        this.start(meta.spec, meta.loadId, meta.cpus, meta.pageSize, r.spool, r.runs);
+        // Nothing reads the buffers now: what the kernel says it handed out is all in the
+        // predecessor's pages (spooled, or lost with it: the host tells the two apart).
+        const read = await this.engine.stats(meta.spec.name);
+        this.start(meta.spec, meta.loadId, meta.cpus, meta.pageSize, r.spool, r.runs, read);
         resumed.push(meta.spec.name);
         this.log.info({ probe: meta.spec.name, loadId: String(meta.loadId), pagesToResend: pending }, "resumed a probe from its spool");
       } catch (err) {
@@ -210,16 +221,25 @@ export class Frontend implements CommandHandler {
     pageSize: number,
     spool: ProbeSpool | undefined,
     resend: ReadonlyMap<number, OutRun[]>,
+    /** Adopted: the kernel's counters before any read by this process. */
+    adoptedStats?: readonly ring.CpuStats[],
   ): void {
     const abort = new AbortController();
     const mode = spec.delivery === ring.DeliveryMode.DELIVERY_MODE_BULK ? "bulk" : "urgent";
     const perBatch = Math.max(1, Math.min(this.o.maxPagesPerMessage, this.o.windowPages));
-    const rp: RunningProbe = { spec, loadId, abort, stopped: false, pumps: [], windows: [], sending: [], urgent: [], spool, pagesDropped: 0n, lastStats: "", active: true, statsAt: 0 };
+    const rp: RunningProbe = { spec, loadId, abort, stopped: false, pumps: [], windows: [], sending: [], urgent: [], spool, pagesDropped: 0n, lastStats: "", active: true, statsAt: 0, adoptedChecks: [] };
     for (let cpu = 0; cpu < cpus; cpu++) {
       const old = resend.get(cpu) ?? [];
       // After a restart the host holds at least everything before the oldest spooled page.
       const w = new SendWindow(cpu, this.o.windowPages, old.length > 0 ? old[0]!.firstSeq - 1 : 0);
       for (const run of old) w.push(run);
+      if (adoptedStats !== undefined) {
+        // The predecessor sent each run before spooling it: the host may hold up to a
+        // window of pages past the spool. New pages start beyond them.
+        w.skipTo(w.nextSeq + this.o.windowPages);
+        const st = adoptedStats.find((x) => x.cpu === cpu);
+        if (st !== undefined) rp.adoptedChecks.push({ cpu, readEvents: st.readEvents, nextSeq: BigInt(w.nextSeq) });
+      }
       rp.windows.push(w);
       rp.sending.push(false);
     }
@@ -301,11 +321,13 @@ export class Frontend implements CommandHandler {
 
   private dataMessage(rp: RunningProbe, cpu: number, runs: readonly OutRun[]): Parameters<RingClient["sendData"]>[0] {
     const w = rp.windows[cpu]!;
+    const skip = w.pendingSkip;
     return {
       probe: rp.spec.name,
       loadId: rp.loadId,
       runs: runs.map((r) => ({ cpu, firstSeq: r.firstSeq, count: r.count, pageSize: r.pageSize, lastLength: r.lastLength, data: r.data })),
-      acked: [{ cpu, seq: w.acked }],
+      acked: [{ cpu, seq: w.acked, events: w.ackedEvents }],
+      ...(skip === undefined ? {} : { skips: [{ cpu, from: skip.from, to: skip.to }] }),
       // A quarter of the window unacknowledged: ask for an ack now. Else the host lets acks
       // wait for company (each one wakes this agent), and a small window would stall.
       ackSoon: w.unacked >= w.capacity / 4,
@@ -428,15 +450,32 @@ export class Frontend implements CommandHandler {
       rp.active = false;
       rp.statsAt = now;
       try {
-        const cpus = await this.engine.stats(probe);
+        const readChecks = [...rp.adoptedChecks];
+        let cpus: ring.CpuStats[];
+        if (this.readsInLoop(rp)) {
+          // Every read of these buffers runs on this thread, synchronously: between two of
+          // them, each event the kernel handed out is in a page before the window's next seq.
+          cpus = this.engine.statsNow(probe);
+          for (const c of cpus) {
+            const w = rp.windows[c.cpu];
+            if (w !== undefined) readChecks.push({ cpu: c.cpu, readEvents: c.readEvents, nextSeq: BigInt(w.nextSeq) });
+          }
+        } else {
+          cpus = await this.engine.stats(probe);
+        }
         const key = cpus.map((c) => `${c.entries},${c.overrun},${c.droppedEvents},${c.readEvents}`).join(";") + `;${rp.pagesDropped}`;
         if (key === rp.lastStats) continue;
         rp.lastStats = key;
-        await client.sendStats({ probe, cpus, pagesDropped: rp.pagesDropped });
+        await client.sendStats({ probe, cpus, pagesDropped: rp.pagesDropped, readChecks });
       } catch (err) {
         this.log.debug({ probe, err: (err as Error).message }, "stats not sent");
       }
     }
+  }
+
+  /** Whether every read of the probe's buffers happens on the event loop's thread (urgent, epoll wait). */
+  private readsInLoop(rp: RunningProbe): boolean {
+    return rp.spec.delivery !== ring.DeliveryMode.DELIVERY_MODE_BULK && urgentReadsInLoop(this.o.urgentWait);
   }
 
   /** Unacknowledged pages across all probes (what a clean stop waits for). */

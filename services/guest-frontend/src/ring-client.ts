@@ -15,17 +15,9 @@ import {
   ring,
   type Logger,
 } from "@vesper/protocol";
-import { encodeDataMessage, type CpuSeq, type DataRun } from "./data-encoder.js";
+import { encodeDataMessage, type DataMessage } from "./data-encoder.js";
 
-/** ProbeData as the hot path builds it: runs of pages, plain-number sequence numbers. */
-export interface DataMessage {
-  probe: string;
-  loadId: bigint;
-  runs: readonly DataRun[];
-  acked: readonly CpuSeq[];
-  /** The window is filling: the host should ack without coalescing (ProbeData.ack_soon). */
-  ackSoon?: boolean;
-}
+export type { DataMessage } from "./data-encoder.js";
 import type { GuestTransport } from "./transports/transport.js";
 
 export interface CommandHandler {
@@ -103,7 +95,7 @@ export class RingClient {
     // The hot path: a hand-rolled encoder (same bytes as the generated one), framed in place
     // when the transport is a byte stream.
     const t = this.transport;
-    const parts = encodeDataMessage(PROTOCOL_VERSION, this.opts.guestId, this.seq, data.probe, data.loadId, data.acked, data.runs, t.sendParts !== undefined, data.ackSoon);
+    const parts = encodeDataMessage(PROTOCOL_VERSION, this.opts.guestId, this.seq, data, t.sendParts !== undefined);
     if (t.sendParts !== undefined) await t.sendParts(FrameKind.Data, parts);
     else await t.send(FrameKind.Data, parts.length === 1 ? parts[0]! : Buffer.concat(parts));
   }
@@ -115,7 +107,7 @@ export class RingClient {
   trySendDataNow(data: DataMessage): boolean {
     const t = this.transport;
     if (t.trySendNow === undefined) return false;
-    const parts = encodeDataMessage(PROTOCOL_VERSION, this.opts.guestId, this.seq + 1n, data.probe, data.loadId, data.acked, data.runs, t.framed === true, data.ackSoon);
+    const parts = encodeDataMessage(PROTOCOL_VERSION, this.opts.guestId, this.seq + 1n, data, t.framed === true);
     if (!t.trySendNow(FrameKind.Data, parts)) return false;
     this.seq++;
     this.stats.dataMessages++;

@@ -52,6 +52,9 @@ export class SendWindow {
   private roomWaiters: Array<() => void> = [];
   /** seq of the ack that last asked for a resend: one resend per gap, not one per ack. */
   private resentFor = -1;
+  /** Events up to `acked` as the host counted them (its DataAck), echoed back to it; undefined: not known. */
+  ackedEvents: bigint | undefined;
+  private skipped: { from: number; to: number } | undefined;
 
   constructor(
     readonly cpu: number,
@@ -98,6 +101,24 @@ export class SendWindow {
         signal.addEventListener("abort", done, { once: true });
       });
     }
+  }
+
+  /**
+   * After adopting a predecessor's spool: seqs from nextSeq to `to` - 1 are not used (the
+   * predecessor may have sent some of them without spooling them, so the host may hold
+   * pages there that are not ours to resend or reuse). The next run starts at `to`.
+   */
+  skipTo(to: number): void {
+    if (to <= this.nextSeq) return;
+    this.skipped = { from: this.nextSeq, to };
+    this.highest = to - 1;
+    // The host acks the skipped seqs once it has moved past them.
+    if (this.highestSent < to - 1) this.highestSent = to - 1;
+  }
+
+  /** The skip, until the host has acknowledged past it (data messages carry it until then). */
+  get pendingSkip(): { from: number; to: number } | undefined {
+    return this.skipped !== undefined && this.acked < this.skipped.to - 1 ? this.skipped : undefined;
   }
 
   /** Adds a run read from the kernel (it must start at nextSeq). */

@@ -96,7 +96,7 @@ test("probe stats go out on the data channel, where the probe-listener reads the
   // On the control channel the probe-loader answers them with a ring error (unsolicited).
   const t = new FakeTransport();
   const client = new RingClient(t, handler, createLogger("test", "silent"), { guestId: "g1" });
-  await client.sendStats({ probe: "p", cpus: [], pagesDropped: 3n });
+  await client.sendStats({ probe: "p", cpus: [], pagesDropped: 3n, readChecks: [] });
   assert.equal(t.sent[0]!.kind, FrameKind.Data);
   const body = t.sent[0]!.msg.body;
   assert.equal(body?.$case, "stats");

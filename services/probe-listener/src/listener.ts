@@ -59,6 +59,8 @@ interface Attachment {
   readonly loaded: ring.LoadedProbe;
   events: number;
   kernelLost: bigint;
+  /** Read checks (ProbeStats.read_checks) waiting for their CPU's pages to arrive, per CPU. */
+  readonly readChecks: Map<number, ring.ReadCheck[]>;
 }
 
 export interface GuestCounters {
@@ -76,6 +78,9 @@ export interface GuestCounters {
   overQuota: number;
   /** ProbeStats reports taken (the guest kernel's per-CPU counters for a probe). */
   statsReports: number;
+  /** Read checks compared with the events received, and the events they found missing. */
+  readChecks: number;
+  readLost: bigint;
 }
 
 export interface ProbeListenerOptions {
@@ -105,6 +110,8 @@ export interface ProbeListenerOptions {
   ackDelayMs?: number;
   ackBusyDelayMs?: number;
 }
+
+const MAX_U64 = (1n << 64n) - 1n;
 
 /** A token bucket of bytes. */
 class ByteQuota {
@@ -136,6 +143,8 @@ export function toGuestDrops(c: GuestCounters): api.GuestDrops {
     oversize: BigInt(c.oversize),
     overQuota: BigInt(c.overQuota),
     statsReports: BigInt(c.statsReports),
+    readChecks: BigInt(c.readChecks),
+    readLost: c.readLost,
   });
 }
 
@@ -236,7 +245,7 @@ export class ProbeListener {
   counts(guest: string): GuestCounters {
     let c = this.counters.get(guest);
     if (c === undefined) {
-      c = { messages: 0, malformed: 0, wrongGuest: 0, unknownProbe: 0, badPages: 0, replayedPages: 0, outOfOrderPages: 0, staleLoadPages: 0, oversize: 0, overQuota: 0, statsReports: 0 };
+      c = { messages: 0, malformed: 0, wrongGuest: 0, unknownProbe: 0, badPages: 0, replayedPages: 0, outOfOrderPages: 0, staleLoadPages: 0, oversize: 0, overQuota: 0, statsReports: 0, readChecks: 0, readLost: 0n };
       this.counters.set(guest, c);
     }
     return c;
@@ -273,6 +282,7 @@ export class ProbeListener {
       loaded,
       events: 0,
       kernelLost: 0n,
+      readChecks: new Map(),
     });
     this.o.log.info({ guest: req.guest, probe: spec.name, formats: loaded.formats.length }, "listening to probe");
   }
@@ -328,7 +338,7 @@ export class ProbeListener {
     }
     const body = msg.body;
     if (body?.$case === "data") await this.onPages(guest, body.value, msg.seq, c);
-    else if (body?.$case === "stats") this.onStats(guest, body.value, c);
+    else if (body?.$case === "stats") await this.onStats(guest, body.value, c);
   }
 
   private async onPages(guest: string, data: ring.ProbeData, msgSeq: bigint, c: GuestCounters): Promise<void> {
@@ -346,7 +356,8 @@ export class ProbeListener {
     }
     const subject = subjects.events(guest, a.probe);
     const pages = pagesOf(data, c, (why) => this.warn(`${guest}/badrun`, { guest, probe: a.probe, why }, "dropping a malformed page run"));
-    const hints = new Map(data.acked.map((x) => [x.cpu, x.seq] as const));
+    const hints = new Map(data.acked.map((x) => [x.cpu, x] as const));
+    const skips = new Map(data.skips.map((x) => [x.cpu, x] as const));
     // Per CPU: the stream acks this message's pages wait for, its newest page taken, and
     // (bulk) the pages to store.
     const taken = new Map<number, { stored: Promise<void>[]; last: bigint; pages: number; keep: bus.StoredPage[]; events: number }>();
@@ -355,6 +366,7 @@ export class ProbeListener {
     const receivedUnixNs = BigInt(now) * 1_000_000n;
     for (const p of pages) {
       const cur = this.cursor(a, p.cpu, hints.get(p.cpu));
+      if (skips.size > 0) this.skip(a, cur, skips.get(p.cpu), msgSeq);
       const verdict = cur.offer(p.seq, now, gapTimeoutMs);
       if (verdict.kind === "duplicate") {
         // Sent again after an ack went missing: the ack says how far the host is.
@@ -375,9 +387,11 @@ export class ProbeListener {
       if (verdict.pagesLost > 0n) {
         this.o.log.warn({ guest, probe: a.probe, cpu: p.cpu, pagesLost: String(verdict.pagesLost) }, "pages never came: reported as lost");
       }
-      if (a.bulk) this.takeBulkPage(a, c, p, verdict.pagesLost, t);
-      else await this.publishUrgentPage(a, c, p, verdict.pagesLost, receivedUnixNs, subject, t.stored);
+      if (a.bulk) this.takeBulkPage(a, c, cur, p, verdict.pagesLost, t);
+      else await this.publishUrgentPage(a, c, cur, p, verdict.pagesLost, receivedUnixNs, subject, t.stored);
     }
+    // A message with no page (or none past the skip) still moves a cursor past its skip.
+    for (const sk of skips.values()) this.skip(a, this.cursor(a, sk.cpu, hints.get(sk.cpu)), sk, msgSeq);
     for (const [cpu, t] of taken) {
       if (t.keep.length > 0) {
         const sp: bus.StoredPages = { guest, probe: a.probe, cpu, receivedUnixNs, spec: a.spec, loaded: a.loaded, pages: t.keep };
@@ -392,13 +406,58 @@ export class ProbeListener {
         else this.warn(`${guest}/store`, { guest, probe: a.probe, cpu }, "events not stored: the guest sends those pages again");
       });
     }
+    if (a.readChecks.size > 0) for (const cpu of new Set([...taken.keys(), ...skips.keys()])) await this.runReadChecks(a, c, cpu);
+  }
+
+  /** The guest adopted the load: a cursor inside the skipped seqs goes on after them (and says so in an ack). */
+  private skip(a: Attachment, cur: CpuCursor, sk: ring.SeqSkip | undefined, msgSeq: bigint): void {
+    if (sk === undefined || sk.to <= sk.from || !cur.skip(sk.from, sk.to)) return;
+    this.o.log.info({ guest: a.guest, probe: a.probe, cpu: sk.cpu, from: String(sk.from), to: String(sk.to) }, "guest resumed its load after a restart: going on at its new seq");
+    this.dueAck(a, sk.cpu, msgSeq, false, 0, true);
+  }
+
+  /**
+   * Read checks of one CPU whose pages are all here: the kernel handed out `read_events`
+   * events in pages before `next_seq`; what did not arrive is reported lost (a Loss with
+   * read_lost), once: those events then count as accounted for.
+   */
+  private async runReadChecks(a: Attachment, c: GuestCounters, cpu: number): Promise<void> {
+    const checks = a.readChecks.get(cpu);
+    const cur = a.cursors.get(cpu);
+    if (checks === undefined || cur === undefined) return;
+    const waiting: ring.ReadCheck[] = [];
+    for (const ch of checks) {
+      if (cur.next < ch.nextSeq) {
+        waiting.push(ch); // its pages are still coming
+        continue;
+      }
+      const got = cur.eventsUpTo(ch.nextSeq - 1n);
+      if (got === undefined) {
+        this.o.log.debug({ guest: a.guest, probe: a.probe, cpu, nextSeq: String(ch.nextSeq) }, "read check not comparable (count unknown or too old)");
+        continue;
+      }
+      c.readChecks++;
+      const missing = ch.readEvents - got;
+      if (missing <= 0n) continue;
+      cur.account(ch.nextSeq - 1n, missing);
+      c.readLost += missing;
+      this.o.log.warn({ guest: a.guest, probe: a.probe, cpu, readLost: String(missing), nextSeq: String(ch.nextSeq) }, "events the guest read never arrived: reported as lost");
+      const loss: api.Loss = { guest: a.guest, probe: a.probe, cpu, kernelLost: 0n, pagesLost: 0n, readLost: missing };
+      await this.publisher.publish(
+        subjects.events(a.guest, a.probe),
+        api.WatchEventsResponse.encode({ kind: { $case: "loss", value: loss }, streamSeq: 0n }).finish(),
+        `${a.guest}.${a.probe}.${a.loadId}.${cpu}.${ch.nextSeq}.${ch.readEvents}.readloss`,
+      );
+    }
+    if (waiting.length > 0) a.readChecks.set(cpu, waiting);
+    else a.readChecks.delete(cpu);
   }
 
   /**
    * A bulk page: every record checked (scan), the losses counted, the page kept as it
    * is for the stored-pages record (readers decode it; the listener builds no events).
    */
-  private takeBulkPage(a: Attachment, c: GuestCounters, p: ring.RawPage, pagesLost: bigint, t: { keep: bus.StoredPage[]; events: number }): void {
+  private takeBulkPage(a: Attachment, c: GuestCounters, cur: CpuCursor, p: ring.RawPage, pagesLost: bigint, t: { keep: bus.StoredPage[]; events: number }): void {
     let scan: PageScan;
     try {
       scan = a.decoder.scan(p.page);
@@ -407,8 +466,12 @@ export class ProbeListener {
       c.badPages++;
       this.warn(`${a.guest}/badpage`, { guest: a.guest, probe: a.probe, cpu: p.cpu, err: (err as Error).message, dropped: c.badPages }, "dropping undecodable page");
       if (pagesLost > 0n) t.keep.push({ seq: p.seq, data: Buffer.alloc(0), pagesLostBefore: pagesLost });
+      cur.uncounted();
+      cur.count(p.seq, 0);
       return;
     }
+    if (scan.bad > 0) cur.uncounted();
+    cur.count(p.seq, scan.events);
     if (scan.bad > 0) {
       c.badPages++;
       this.warn(`${a.guest}/badpage`, { guest: a.guest, probe: a.probe, cpu: p.cpu, bad: scan.bad, first: scan.firstError }, "page had bad records");
@@ -423,6 +486,7 @@ export class ProbeListener {
   private async publishUrgentPage(
     a: Attachment,
     c: GuestCounters,
+    cur: CpuCursor,
     p: ring.RawPage,
     pagesLost: bigint,
     receivedUnixNs: bigint,
@@ -441,7 +505,11 @@ export class ProbeListener {
       c.badPages++;
       this.warn(`${guest}/badpage`, { guest, probe: a.probe, cpu: p.cpu, err: (err as Error).message, dropped: c.badPages }, "dropping undecodable page");
       page = { timestamp: 0n, events: [], missedEvents: 0, errors: [] };
+      cur.uncounted();
     }
+    // Counted before the awaits below (the next page of this CPU is taken after them).
+    if (page.errors.length > 0) cur.uncounted();
+    cur.count(p.seq, page.events.length);
     if (page.errors.length > 0) {
       c.badPages++;
       this.warn(`${guest}/badpage`, { guest, probe: a.probe, cpu: p.cpu, errors: page.errors.slice(0, 3) }, "page had bad records");
@@ -450,7 +518,7 @@ export class ProbeListener {
     const unknownLoss = page.missedEvents < 0;
     if (pagesLost > 0n || kernelLost > 0n || unknownLoss) {
       a.kernelLost += kernelLost;
-      const loss: api.Loss = { guest, probe: a.probe, cpu: p.cpu, kernelLost: unknownLoss ? 1n : kernelLost, pagesLost };
+      const loss: api.Loss = { guest, probe: a.probe, cpu: p.cpu, kernelLost: unknownLoss ? 1n : kernelLost, pagesLost, readLost: 0n };
       const r = await this.publisher.publish(
         subject,
         api.WatchEventsResponse.encode({ kind: { $case: "loss", value: loss }, streamSeq: 0n }).finish(),
@@ -473,11 +541,15 @@ export class ProbeListener {
     }
   }
 
-  private cursor(a: Attachment, cpu: number, hint: bigint | undefined): CpuCursor {
+  private cursor(a: Attachment, cpu: number, hint: ring.CpuSeq | undefined): CpuCursor {
     let cur = a.cursors.get(cpu);
     // A new cursor starts where the guest says the host got to (a restarted listener
-    // learns its predecessor's progress from it; a lie only hurts that guest's accounting).
-    if (cur === undefined) a.cursors.set(cpu, (cur = new CpuCursor(hint ?? 0n)));
+    // learns its predecessor's progress, and its event count, from it; a lie only hurts
+    // that guest's accounting).
+    if (cur === undefined) {
+      const seq = hint?.seq ?? 0n;
+      a.cursors.set(cpu, (cur = new CpuCursor(seq, seq === 0n ? 0n : hint?.events)));
+    }
     return cur;
   }
 
@@ -517,7 +589,12 @@ export class ProbeListener {
   private sendAck(a: Attachment): void {
     a.ackScheduled = false;
     if (this.attachments.get(`${a.guest}/${a.probe}`) !== a || a.ackDue.size === 0) return;
-    const cpus = [...a.ackDue].map((cpu) => ({ cpu, seq: a.cursors.get(cpu)?.durable ?? 0n }));
+    const cpus = [...a.ackDue].map((cpu) => {
+      const cur = a.cursors.get(cpu);
+      const events = cur?.eventsDurable;
+      // A guest's hint can make the count anything: past uint64 it is not sent.
+      return { cpu, seq: cur?.durable ?? 0n, events: events !== undefined && events <= MAX_U64 ? events : undefined };
+    });
     const ack: ring.DataAck = { probe: a.probe, loadId: a.loadId, cpus, resend: a.ackResend };
     a.ackDue.clear();
     a.ackResend = false;
@@ -531,10 +608,20 @@ export class ProbeListener {
     }
   }
 
-  private onStats(guest: string, stats: ring.ProbeStats, c: GuestCounters): void {
+  private async onStats(guest: string, stats: ring.ProbeStats, c: GuestCounters): Promise<void> {
     const a = this.attachments.get(`${guest}/${stats.probe}`);
     if (a === undefined) return;
     c.statsReports++;
+    for (const ch of stats.readChecks) {
+      if (ch.cpu >= a.loaded.cpus) continue; // not a CPU of this load
+      // A few per CPU at most: an older one still waiting is superseded (its pages come first).
+      const list = a.readChecks.get(ch.cpu) ?? [];
+      if (list.some((x) => x.nextSeq === ch.nextSeq && x.readEvents === ch.readEvents)) continue;
+      list.push(ch);
+      if (list.length > 4) list.shift();
+      a.readChecks.set(ch.cpu, list);
+    }
+    for (const cpu of new Set(stats.readChecks.map((x) => x.cpu))) await this.runReadChecks(a, c, cpu);
     const overrun = stats.cpus.reduce((n, s) => n + s.overrun + s.droppedEvents, 0n);
     if (overrun > 0n || stats.pagesDropped > 0n) {
       this.warn(`${guest}/stats`, { guest, probe: stats.probe, kernelOverrun: String(overrun), pagesDropped: String(stats.pagesDropped) }, "guest reports losses");

@@ -53,7 +53,7 @@ export class EventRecordReader {
       }
       this.lastSeq.set(seen, p.seq);
       if (p.pagesLostBefore > 0n) {
-        out.push({ kind: { $case: "loss", value: { guest, probe, cpu, kernelLost: 0n, pagesLost: p.pagesLostBefore } }, streamSeq: 0n });
+        out.push({ kind: { $case: "loss", value: { guest, probe, cpu, kernelLost: 0n, pagesLost: p.pagesLostBefore, readLost: 0n } }, streamSeq: 0n });
       }
       let page: ReturnType<PageDecoder["decode"]>;
       try {
@@ -64,7 +64,7 @@ export class EventRecordReader {
       }
       const kernelLost = page.missedEvents > 0 ? BigInt(page.missedEvents) : 0n;
       if (page.missedEvents !== 0) {
-        out.push({ kind: { $case: "loss", value: { guest, probe, cpu, kernelLost: page.missedEvents < 0 ? 1n : kernelLost, pagesLost: 0n } }, streamSeq: 0n });
+        out.push({ kind: { $case: "loss", value: { guest, probe, cpu, kernelLost: page.missedEvents < 0 ? 1n : kernelLost, pagesLost: 0n, readLost: 0n } }, streamSeq: 0n });
       }
       const ctx = { guest, probe, cpu, pageSeq: p.seq, receivedUnixNs: sp.receivedUnixNs };
       page.events.forEach((ev, index) => {

@@ -66,7 +66,7 @@ test("losses: pages that never came, and the kernel's own count from the page he
 
 test("a single-record message passes through; garbage throws", () => {
   const reader = new EventRecordReader();
-  const one = api.WatchEventsResponse.encode({ kind: { $case: "loss", value: { guest: "g", probe: "p", cpu: 0, kernelLost: 1n, pagesLost: 0n } }, streamSeq: 0n }).finish();
+  const one = api.WatchEventsResponse.encode({ kind: { $case: "loss", value: { guest: "g", probe: "p", cpu: 0, kernelLost: 1n, pagesLost: 0n, readLost: 0n } }, streamSeq: 0n }).finish();
   assert.equal(reader.records(one)[0]?.kind?.$case, "loss");
   const h = natsHeaders();
   h.set(PAGES_HEADER, "3");

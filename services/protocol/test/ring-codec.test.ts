@@ -29,7 +29,7 @@ test("guest messages round-trip", () => {
     version: PROTOCOL_VERSION,
     guestId: "web1",
     seq: 42n,
-    body: { $case: "data", value: { probe: "process", pages: [{ cpu: 1, seq: 7n, page: Buffer.alloc(4096, 3) }], loadId: 5n, acked: [{ cpu: 1, seq: 6n }], runs: [{ cpu: 1, firstSeq: 8n, count: 2, pageSize: 4096, lastLength: 100, data: Buffer.alloc(4196, 4) }], ackSoon: true } },
+    body: { $case: "data", value: { probe: "process", pages: [{ cpu: 1, seq: 7n, page: Buffer.alloc(4096, 3) }], loadId: 5n, acked: [{ cpu: 1, seq: 6n, events: 0n }], runs: [{ cpu: 1, firstSeq: 8n, count: 2, pageSize: 4096, lastLength: 100, data: Buffer.alloc(4196, 4) }], ackSoon: true, skips: [{ cpu: 1, from: 10n, to: 1034n }] } },
   };
   assert.deepEqual(decodeGuestMessage(encodeGuestMessage(msg)), msg);
 });

@@ -153,6 +153,20 @@ export class ProbeEngine {
     );
   }
 
+  /** stats(), read synchronously: nothing else runs on this thread meanwhile (see urgentReadsInLoop). */
+  statsNow(probe: string): ring.CpuStats[] {
+    const st = this.get(probe);
+    return st.cpus.map((cpu) => {
+      let text = "";
+      try {
+        text = fs.readFileSync(path.join(st.dir, "per_cpu", `cpu${cpu}`, "stats"), "utf8");
+      } catch {
+        /* an instance being removed: zeros, like stats() */
+      }
+      return parseCpuStats(cpu, text);
+    });
+  }
+
   private get(probe: string): ProbeState {
     const st = this.probes.get(probe);
     if (st === undefined) throw new ProbeError(R.RESULT_CODE_NOT_LOADED, `probe ${probe} is not loaded`);

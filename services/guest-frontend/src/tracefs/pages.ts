@@ -501,12 +501,21 @@ function scratchPages(pages: number, pageSize: number): { buf: Buffer; iov: Buff
 }
 
 /** Opens a CPU's trace_pipe_raw (blocking, and non-blocking for drains) for an UrgentReader; the reader ends (and closes them) at abort. */
+/**
+ * Whether urgent readers started with this wait read on the event loop's thread only (the
+ * epoll wait, when this Node has pipe handles): then no read is ever in flight while
+ * JavaScript runs, and the kernel's "read events" counter is exact between two callbacks.
+ */
+export function urgentReadsInLoop(wait: UrgentWait | undefined): boolean {
+  return wait !== "pool" && pipeWrap !== undefined;
+}
+
 export async function startUrgentReader(instanceDir: string, cpu: number, opts: ReadPagesOptions, onRun: (run: RunRead) => number): Promise<UrgentReader | undefined> {
   const { signal } = opts;
   if (signal.aborted) return undefined;
   const file = traceRawPath(instanceDir, cpu);
   const grace = opts.wakeGraceMs ?? 25;
-  const raw: WaitFile = opts.urgentWait !== "pool" && pipeWrap !== undefined ? new PolledRawFile(file, signal) : new RawFile(file, fs.constants.O_RDONLY, signal, grace);
+  const raw: WaitFile = urgentReadsInLoop(opts.urgentWait) ? new PolledRawFile(file, signal) : new RawFile(file, fs.constants.O_RDONLY, signal, grace);
   const drain = new RawFile(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK, signal, grace);
   const onAbort = (): void => {
     raw.abort();
