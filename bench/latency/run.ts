@@ -2,7 +2,7 @@
  * Detection latency: `kill` inside a QEMU guest -> the exit event at a gRPC WatchEvents client,
  * against the raw one-way latency of the same virtio-serial channel measured in the same run.
  *
- *   node --import tsx bench/latency/run.ts [--kills 200] [--warmup 20] [--gap-ms 60] [--no-nats] [--no-qemu]
+ *   node --import tsx bench/latency/run.ts [--kills 200] [--warmup 20] [--gap-ms 60] [--no-nats] [--no-qemu] [--nice N] [--node-flags F] [--trace]
  *
  * Part 1 (virtio-serial): one guest with a second port org.vesper.bench. A driver in the guest
  * (guest-driver.mjs, node) writes "R <mono>" straight into that port (raw one-way sample), and
@@ -35,6 +35,8 @@ const WARMUP = Number(argOf("--warmup", "20"));
 const GAP_MS = Number(argOf("--gap-ms", "60"));
 /** vesper.node_flags for the guest frontend (the image's default is --jitless; "none" for V8's JIT). */
 const NODE_FLAGS = argOf("--node-flags", "") ?? "";
+/** vesper.nice for the guest frontend (the image leaves it at 0). */
+const NICE = argOf("--nice", "") ?? "";
 /** --trace: the guest frontend logs each page's timing; the breakdown then splits the guest's part. */
 const TRACE = hasFlag("--trace");
 let natsUrl = "127.0.0.1:4222";
@@ -78,7 +80,7 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
     name,
     runDir,
     extraArgs: ["-chardev", `socket,id=ch1,path=${benchSock},server=on,wait=off`, "-device", "virtserialport,chardev=ch1,name=org.vesper.bench"],
-    appendExtra: [...(NODE_FLAGS === "" ? [] : [`vesper.node_flags=${NODE_FLAGS}`]), ...(TRACE ? ["vesper.log_level=trace"] : [])],
+    appendExtra: [...(NODE_FLAGS === "" ? [] : [`vesper.node_flags=${NODE_FLAGS}`]), ...(NICE === "" ? [] : [`vesper.nice=${NICE}`]), ...(TRACE ? ["vesper.log_level=trace"] : [])],
   });
   const pin = pinGuestApart(guest, hostPids);
   const pinning = pin.note;

@@ -22,6 +22,8 @@ const N = Number(argOf("--iterations", "2000"));
 const REPS = Number(argOf("--reps", "15"));
 /** vesper.node_flags for the guest frontend (the image's default is --jitless; "none" for V8's defaults). */
 const NODE_FLAGS = argOf("--node-flags", "") ?? "";
+/** vesper.nice for the guest frontend (the image leaves it at 0). */
+const NICE = argOf("--nice", "") ?? "";
 const GUEST = "bovh1";
 const T = "/sys/kernel/tracing";
 const I = `${T}/instances/vbench_noread`;
@@ -59,7 +61,8 @@ function cpuDelta(a: GuestCpu, b: GuestCpu): GuestCpu {
 async function main(): Promise<void> {
   const stack = await startStack({ prefix: "vbo" });
   const { client } = stack;
-  const guest = await bootGuest(stack, GUEST, NODE_FLAGS === "" ? {} : { appendExtra: [`vesper.node_flags=${NODE_FLAGS}`] });
+  const extra = [...(NODE_FLAGS === "" ? [] : [`vesper.node_flags=${NODE_FLAGS}`]), ...(NICE === "" ? [] : [`vesper.nice=${NICE}`])];
+  const guest = await bootGuest(stack, GUEST, { appendExtra: extra });
   const pinning = pinGuestApart(guest, [stack.host.pid, stack.nats.pid]).note;
   console.log(pinning);
   const nc = await connect({ servers: stack.nats.url });

@@ -10,6 +10,7 @@
 #   vesper.window_pages=N    pages per CPU the frontend sends ahead of the host's acks (VESPER_WINDOW_PAGES)
 #   vesper.urgent_wait=W     how urgent readers wait: epoll (the default) or pool (VESPER_URGENT_WAIT)
 #   vesper.node_flags=F,G    flags for the frontend's node (default --jitless; "none" for none).
+#   vesper.nice=N            the frontend's nice value (default 0; -10: lower detection latency, more cost under an event storm)
 #                            Under TCG emulation V8's JIT costs far more guest CPU than it saves
 #                            for an agent that mostly moves pages; on KVM, JIT is fine.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -35,6 +36,7 @@ SERVICES=
 DEBUG=0
 FRONTEND=1
 NODE_FLAGS=--jitless
+NICE=
 LOG_LEVEL=info
 URGENT_WAIT=epoll
 for arg in $(cat /proc/cmdline); do
@@ -47,6 +49,7 @@ for arg in $(cat /proc/cmdline); do
     vesper.log_level=*) LOG_LEVEL="${arg#vesper.log_level=}" ;;
     vesper.window_pages=*) export VESPER_WINDOW_PAGES="${arg#vesper.window_pages=}" ;;
     vesper.urgent_wait=*) URGENT_WAIT="${arg#vesper.urgent_wait=}" ;;
+    vesper.nice=*) NICE="${arg#vesper.nice=}" ;;
   esac
 done
 echo "$GUEST" >/run/vesper-guest
@@ -112,7 +115,7 @@ if [ "$FRONTEND" != 0 ] && [ -f /vesper/guest-frontend.mjs ]; then
     while :; do
       [ "$NODE_FLAGS" = none ] && NODE_FLAGS=
       # shellcheck disable=SC2086 # NODE_FLAGS is a list of words
-      VESPER_LOG_LEVEL=$LOG_LEVEL VESPER_URGENT_WAIT=$URGENT_WAIT UV_THREADPOOL_SIZE=64 node $NODE_FLAGS /vesper/guest-frontend.mjs --guest-id "$GUEST" --transport virtio-serial \
+      VESPER_LOG_LEVEL=$LOG_LEVEL VESPER_URGENT_WAIT=$URGENT_WAIT UV_THREADPOOL_SIZE=64 VESPER_NICE=$NICE node $NODE_FLAGS /vesper/guest-frontend.mjs --guest-id "$GUEST" --transport virtio-serial \
         </dev/null >>"$FLOG" 2>&1 &
       pid=$!
       echo -1000 >/proc/$pid/oom_score_adj 2>/dev/null

@@ -9,6 +9,7 @@
  * the host is slow or away the kernel ring keeps the events or counts what it
  * overwrites; nothing piles up unseen in this process.
  */
+import { setPriority } from "node:os";
 import { ErrorCode, isVesperError, ring, type Logger } from "@vesper/protocol";
 import type { CommandHandler, RingClient } from "./ring-client.js";
 import { SendWindow, type OutRun } from "./send-window.js";
@@ -32,6 +33,8 @@ export interface FrontendOptions {
   maxMessageBytes: number;
   /** How urgent readers wait for pages (default "epoll"). */
   urgentWait?: UrgentWait;
+  /** The process's nice value, set by applyPriority() (needs root below 0); undefined: left alone. */
+  nice?: number;
 }
 
 interface RunningProbe {
@@ -60,6 +63,7 @@ interface RunningProbe {
 export class Frontend implements CommandHandler {
   private readonly running = new Map<string, RunningProbe>();
   private client: RingClient | undefined;
+
   private statsTimer: NodeJS.Timeout | undefined;
   private resendTimer: NodeJS.Timeout | undefined;
   private spoolWarned = false;
@@ -470,6 +474,17 @@ export class Frontend implements CommandHandler {
       } catch (err) {
         this.log.debug({ probe, err: (err as Error).message }, "stats not sent");
       }
+    }
+  }
+
+  /** Applies FrontendOptions.nice to this process. */
+  applyPriority(): void {
+    const nice = this.o.nice;
+    if (nice === undefined) return;
+    try {
+      setPriority(nice);
+    } catch (err) {
+      this.log.warn({ nice, err: (err as Error).message }, "cannot set the frontend's priority");
     }
   }
 

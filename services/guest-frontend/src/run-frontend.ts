@@ -27,10 +27,12 @@ export async function startFrontend(cfg: FrontendConfig, log: Logger): Promise<R
     windowPages: cfg.windowPages,
     ackTimeoutMs: cfg.ackTimeoutMs,
     urgentWait: cfg.urgentWait,
+    ...(cfg.nice === undefined ? {} : { nice: cfg.nice }),
     maxPagesPerMessage: 64,
     // Room for the message's own fields under the frame limit.
     maxMessageBytes: cfg.maxFrameBytes - 4096,
   });
+  frontend.applyPriority();
   if (cfg.spoolDir !== undefined) {
     const spools = ProbeSpool.recover(cfg.spoolDir, (probe, err) => log.warn({ probe, err: err.message }, "discarding an unreadable spool"));
     const resumed = await frontend.adopt(spools);
