@@ -63,7 +63,6 @@ interface RunningProbe {
 export class Frontend implements CommandHandler {
   private readonly running = new Map<string, RunningProbe>();
   private client: RingClient | undefined;
-
   private statsTimer: NodeJS.Timeout | undefined;
   private resendTimer: NodeJS.Timeout | undefined;
   private spoolWarned = false;

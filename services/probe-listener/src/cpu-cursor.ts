@@ -43,9 +43,10 @@ export class CpuCursor {
   private readonly marks: Array<[bigint, bigint | undefined]> = [];
   private markAt = 0;
 
-  /** A page just taken (offer said "take") held `events` events. */
-  count(seq: bigint, events: number): void {
-    if (this.eventsTaken !== undefined) this.eventsTaken += BigInt(events);
+  /** A page just taken (offer said "take") held `events` events; undefined: not known (bad records), counting stops. */
+  count(seq: bigint, events: number | undefined): void {
+    if (events === undefined) this.eventsTaken = undefined;
+    else if (this.eventsTaken !== undefined) this.eventsTaken += BigInt(events);
     this.mark(seq);
   }
 
@@ -76,11 +77,6 @@ export class CpuCursor {
     if (this.marks.length < MARKS) this.marks.push([seq, this.eventsTaken]);
     else this.marks[this.markAt] = [seq, this.eventsTaken];
     this.markAt = (this.markAt + 1) % MARKS;
-  }
-
-  /** Its events are not known (a page that had bad records): counting stops. */
-  uncounted(): void {
-    this.eventsTaken = undefined;
   }
 
   /**

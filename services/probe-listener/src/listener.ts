@@ -466,12 +466,10 @@ export class ProbeListener {
       c.badPages++;
       this.warn(`${a.guest}/badpage`, { guest: a.guest, probe: a.probe, cpu: p.cpu, err: (err as Error).message, dropped: c.badPages }, "dropping undecodable page");
       if (pagesLost > 0n) t.keep.push({ seq: p.seq, data: Buffer.alloc(0), pagesLostBefore: pagesLost });
-      cur.uncounted();
-      cur.count(p.seq, 0);
+      cur.count(p.seq, undefined);
       return;
     }
-    if (scan.bad > 0) cur.uncounted();
-    cur.count(p.seq, scan.events);
+    cur.count(p.seq, scan.bad > 0 ? undefined : scan.events);
     if (scan.bad > 0) {
       c.badPages++;
       this.warn(`${a.guest}/badpage`, { guest: a.guest, probe: a.probe, cpu: p.cpu, bad: scan.bad, first: scan.firstError }, "page had bad records");
@@ -497,19 +495,19 @@ export class ProbeListener {
     let comms = this.comms.get(guest);
     if (comms === undefined) this.comms.set(guest, (comms = new CommCache()));
     let page: DecodedPage;
+    let decodable = true;
     try {
       page = a.decoder.decode(p.page);
     } catch (err) {
       // A page too short for its header, or not a page at all: dropped and counted (and
-      // acked: it is handled). A loss before it is still reported.
+      // acked: it is handled). A loss before it is still reported. Its events are unknown.
+      decodable = false;
       c.badPages++;
       this.warn(`${guest}/badpage`, { guest, probe: a.probe, cpu: p.cpu, err: (err as Error).message, dropped: c.badPages }, "dropping undecodable page");
       page = { timestamp: 0n, events: [], missedEvents: 0, errors: [] };
-      cur.uncounted();
     }
     // Counted before the awaits below (the next page of this CPU is taken after them).
-    if (page.errors.length > 0) cur.uncounted();
-    cur.count(p.seq, page.events.length);
+    cur.count(p.seq, decodable && page.errors.length === 0 ? page.events.length : undefined);
     if (page.errors.length > 0) {
       c.badPages++;
       this.warn(`${guest}/badpage`, { guest, probe: a.probe, cpu: p.cpu, errors: page.errors.slice(0, 3) }, "page had bad records");

@@ -55,6 +55,10 @@ export interface ReadersOptions {
   wakeGraceMs?: number;
 }
 
+function cpuStatsPath(st: { dir: string }, cpu: number): string {
+  return path.join(st.dir, "per_cpu", `cpu${cpu}`, "stats");
+}
+
 /** Parses per_cpu/cpuN/stats. */
 export function parseCpuStats(cpu: number, text: string): ring.CpuStats {
   const v = (key: string): bigint => {
@@ -149,7 +153,7 @@ export class ProbeEngine {
   async stats(probe: string): Promise<ring.CpuStats[]> {
     const st = this.get(probe);
     return Promise.all(
-      st.cpus.map(async (cpu) => parseCpuStats(cpu, await readTextOr(path.join(st.dir, "per_cpu", `cpu${cpu}`, "stats"), ""))),
+      st.cpus.map(async (cpu) => parseCpuStats(cpu, await readTextOr(cpuStatsPath(st, cpu), ""))),
     );
   }
 
@@ -159,7 +163,7 @@ export class ProbeEngine {
     return st.cpus.map((cpu) => {
       let text = "";
       try {
-        text = fs.readFileSync(path.join(st.dir, "per_cpu", `cpu${cpu}`, "stats"), "utf8");
+        text = fs.readFileSync(cpuStatsPath(st, cpu), "utf8");
       } catch {
         /* an instance being removed: zeros, like stats() */
       }
