@@ -186,6 +186,49 @@ test("a bulk probe's pages are stored as pages and reach the watcher decoded", {
   assert.equal(r.guestClean, true);
 });
 
+test("a live watch gets urgent and bulk events before they are stored (stream seq 0), the same events a stored watch gets with seqs", { timeout: 120_000 }, async () => {
+  await assert.rejects(
+    client.watch({ guest, live: true, fromStreamSeq: 1n }).ready,
+    (e: unknown) => e instanceof ApiError && e.code === ErrorCode.InvalidArgument && /cannot replay/.test(e.message),
+  );
+  await client.insmod({ guest, probe: "exits", options: {} });
+  await client.insmod({ guest, probe: "bulkexits", options: {} });
+  const abort = new AbortController();
+  const live = client.watch({ guest, event: "sched_process_exit", live: true }, { signal: abort.signal });
+  const stored = client.watch({ guest, event: "sched_process_exit" }, { signal: abort.signal });
+  await Promise.all([live.ready, stored.ready]);
+  const children = [0, 1].map(() => spawn("sleep", ["300"], { stdio: "ignore" }));
+  await Promise.all(children.map((c) => new Promise((r) => c.once("spawn", r))));
+  const pids = new Set(children.map((c) => c.pid!));
+  for (const c of children) c.kill("SIGKILL");
+  // Per stream: "<probe> <pid> <page seq> <index>" -> stream seq. Both probes see both exits.
+  const collect = async (stream: typeof live): Promise<Map<string, bigint>> => {
+    const got = new Map<string, bigint>();
+    for await (const res of stream) {
+      if (res.kind?.$case !== "event" || !pids.has(res.kind.value.pid)) continue;
+      const ev = res.kind.value;
+      got.set(`${ev.probe} ${ev.pid} ${ev.pageSeq} ${ev.index}`, res.streamSeq);
+      if (got.size === 2 * pids.size) break;
+    }
+    return got;
+  };
+  const timer = setTimeout(() => abort.abort(), 60_000);
+  let liveGot: Map<string, bigint>;
+  let storedGot: Map<string, bigint>;
+  try {
+    [liveGot, storedGot] = await Promise.all([collect(live), collect(stored)]);
+  } finally {
+    clearTimeout(timer);
+    live.cancel();
+    stored.cancel();
+  }
+  assert.equal(liveGot.size, 4, `the live watch got both exits from both probes: ${[...liveGot.keys()].join("; ")}`);
+  assert.deepEqual([...liveGot.keys()].sort(), [...storedGot.keys()].sort(), "the same events, with the same page seqs and indexes");
+  assert.ok([...liveGot.values()].every((s) => s === 0n), "live records have no stream seq yet");
+  assert.ok([...storedGot.values()].every((s) => s > 0n), "stored records have theirs");
+  for (const p of ["exits", "bulkexits"]) assert.equal((await client.rmmod({ guest, probe: p, flags: 0 })).guestClean, true);
+});
+
 test("the guest's probe stats reach the probe-listener; the control side refuses none of its messages", { timeout: 120_000 }, async () => {
   // The frontend reports a busy probe's kernel counters every 5 s, on the data channel.
   await client.insmod({ guest, probe: "exits", options: {} });

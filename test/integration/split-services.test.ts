@@ -9,7 +9,8 @@ import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { VesperApiClient } from "@vesper/cli";
+import { ApiError, VesperApiClient } from "@vesper/cli";
+import { ErrorCode } from "@vesper/protocol";
 import { HostProcess } from "../harness/host-process.js";
 import { waitFor } from "../harness/wait.js";
 
@@ -63,5 +64,10 @@ test("loader, listener and gateway in separate processes serve insmod, events an
     stream.cancel();
   }
   assert.equal(pid, child.pid);
+  // A live watch needs the listener in the gateway's process: this one says so.
+  await assert.rejects(
+    client.watch({ guest, probe: "exits", live: true }).ready,
+    (e: unknown) => e instanceof ApiError && e.code === ErrorCode.Unsupported && /probe-listener in the gateway's process/.test(e.message),
+  );
   assert.equal((await client.rmmod({ guest, probe: "exits", flags: 0 })).guestClean, true);
 });

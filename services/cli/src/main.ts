@@ -248,15 +248,17 @@ export async function main(argv: readonly string[], ioIn: Partial<CliIo> = {}): 
     .option("--json", "one JSON object per line (ts is a string of guest ns; seq the stream sequence)")
     .option("--count <n>", "exit after n events")
     .option("--from-seq <n>", "replay from this stream sequence instead of only new events")
+    .option("--live", "events as the host decodes them, before they are stored (sooner; no stream sequence, no replay)")
     .action(
       async (
-        opts: { guest?: string; probe?: string; event?: string; json?: boolean; count?: string; fromSeq?: string },
+        opts: { guest?: string; probe?: string; event?: string; json?: boolean; count?: string; fromSeq?: string; live?: boolean },
         cmd: Command,
       ) => {
         if (opts.guest !== undefined) ctx.guest = opts.guest;
         if (opts.probe !== undefined) ctx.probe = opts.probe;
         const count = parseCount("--count", opts.count, 1);
         const fromSeq = parseCount("--from-seq", opts.fromSeq, 1);
+        if (opts.live && fromSeq !== undefined) throw new UsageError("--live starts at the next event: it cannot be combined with --from-seq");
         const { c } = connect(cmd, QUERY_TIMEOUT_MS);
         const stream = c.watch(
           {
@@ -264,6 +266,7 @@ export async function main(argv: readonly string[], ioIn: Partial<CliIo> = {}): 
             probe: opts.probe ?? "",
             event: opts.event ?? "",
             fromStreamSeq: BigInt(fromSeq ?? 0),
+            live: opts.live === true,
           },
           callOpts,
         );

@@ -1,5 +1,6 @@
 import type { Metadata, ServerCredentials } from "@grpc/grpc-js";
 import type { NatsConnection } from "@nats-io/transport-node";
+import type { LiveFeed } from "@vesper/host-common";
 import { createLogger, type Logger } from "@vesper/protocol";
 
 /** What the authorization hook sees of a call. */
@@ -36,6 +37,10 @@ export interface GatewayOptions {
   shutdownGraceMs?: number;
   /** Authorization hook, run before every call (default: allow all). */
   authorize?: AuthorizeFn;
+  /** The probe-listener's live feed, when it runs in this process: WatchEvents{live} needs it. */
+  live?: LiveFeed;
+  /** Records a live watch may hold before it is ended as fallen behind (default 4096). */
+  liveMaxQueued?: number;
 }
 
 export interface ResolvedGatewayOptions {
@@ -49,6 +54,8 @@ export interface ResolvedGatewayOptions {
   watchBufferMessages: number;
   shutdownGraceMs: number;
   authorize: AuthorizeFn | undefined;
+  live: LiveFeed | undefined;
+  liveMaxQueued: number;
 }
 
 export const DEFAULT_LISTEN = "127.0.0.1:50051";
@@ -65,5 +72,7 @@ export function resolveOptions(o: GatewayOptions): ResolvedGatewayOptions {
     watchBufferMessages: Math.max(1, o.watchBufferMessages ?? 256),
     shutdownGraceMs: o.shutdownGraceMs ?? 5_000,
     authorize: o.authorize,
+    live: o.live,
+    liveMaxQueued: Math.max(1, o.liveMaxQueued ?? 4096),
   };
 }

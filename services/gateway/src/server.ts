@@ -49,6 +49,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       bufferMessages: o.watchBufferMessages,
       shutdown: shutdown.signal,
       authorize: o.authorize,
+      live: o.live,
+      liveMaxQueued: o.liveMaxQueued,
     }),
   };
   server.addService(api.VesperService, impl);

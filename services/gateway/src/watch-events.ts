@@ -7,10 +7,13 @@
  *
  * The response headers are sent once the consumer exists, so a client that sees
  * them knows every event published from then on will reach it.
+ *
+ * With `live`, the records come from the probe-listener in this process (LiveFeed)
+ * before they are stored, one bus round trip sooner, with stream seq 0.
  */
 import { Metadata, type ServerWritableStream } from "@grpc/grpc-js";
-import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
-import { ensureEventsStream, isStreamNotFound } from "@vesper/host-common";
+import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from "@nats-io/jetstream";
+import { ensureEventsStream, isStreamNotFound, type LiveFeed, type LiveRecord } from "@vesper/host-common";
 import { EventRecordReader } from "@vesper/probe-listener";
 import {
   api,
@@ -32,6 +35,9 @@ export interface WatchDeps {
   bufferMessages: number;
   shutdown: AbortSignal;
   authorize: AuthorizeFn | undefined;
+  /** The listener's live feed when it runs in this process (WatchEvents{live}). */
+  live: LiveFeed | undefined;
+  liveMaxQueued: number;
 }
 
 type WatchCall = ServerWritableStream<api.WatchEventsRequest, api.WatchEventsResponse>;
@@ -63,6 +69,9 @@ function checkRequest(req: api.WatchEventsRequest): void {
       `invalid event filter ${JSON.stringify(req.event)}: use "system/event" or "event"`,
     );
   }
+  if (req.live && req.fromStreamSeq > 0n) {
+    throw new VesperError(ErrorCode.InvalidArgument, "a live watch starts now: it cannot replay from_stream_seq (watch without live to replay)");
+  }
   if (req.fromStreamSeq > BigInt(Number.MAX_SAFE_INTEGER)) {
     throw new VesperError(ErrorCode.InvalidArgument, `from_stream_seq ${req.fromStreamSeq} is out of range`);
   }
@@ -78,49 +87,43 @@ async function watchEvents(call: WatchCall, deps: WatchDeps): Promise<void> {
   const req = call.request;
   const scope = callScope(call, deps.shutdown);
   const filter = eventsFilterSubject(req);
-  const log = deps.log.child({ rpc: "WatchEvents", peer: call.getPeer(), filter, event: req.event || undefined });
+  const log = deps.log.child({ rpc: "WatchEvents", peer: call.getPeer(), filter, event: req.event || undefined, live: req.live || undefined });
   let sent = 0;
   let skipped = 0;
   try {
     await deps.authorize?.({ method: "WatchEvents", metadata: call.metadata, peer: call.getPeer() });
     checkRequest(req);
-    const { consumer, messages } = await openConsumer(deps, filter, Number(req.fromStreamSeq), log);
-    const stop = (): void => {
-      void messages
-        .close()
-        .catch(() => {})
-        .then(() => consumer.delete())
-        .catch(() => {}); // ephemeral anyway: the server drops it after 5 min idle
-    };
-    scope.signal.addEventListener("abort", stop, { once: true });
-    if (scope.signal.aborted) stop();
+    const source = req.live ? openLive(deps, req, scope.signal) : await openStored(deps, filter, Number(req.fromStreamSeq), log);
+    scope.signal.addEventListener("abort", source.close, { once: true });
+    if (scope.signal.aborted) source.close();
     call.sendMetadata(new Metadata());
     log.debug({ from: req.fromStreamSeq }, "watching");
 
     // Bulk probes' stored pages are decoded here, for this watcher only.
     const reader = new EventRecordReader();
-    for await (const m of messages) {
+    for await (const m of source.records) {
       if (scope.signal.aborted) break;
       let records: api.WatchEventsResponse[];
       try {
         // One record, or the events of stored pages (bulk probes), which share its stream seq.
         records = reader.records(m.data, m.headers);
       } catch (err) {
-        log.warn({ err, subject: m.subject, seq: m.seq }, "skipping an undecodable message");
+        log.warn({ err, subject: m.subject, seq: seqOf(m) }, "skipping an undecodable message");
         skipped++;
         continue;
       }
+      const streamSeq = BigInt(seqOf(m));
       for (const res of records) {
         if (res.kind === undefined) continue;
         if (res.kind.$case === "event" && !eventMatches(req.event, res.kind.value.event)) continue;
-        res.streamSeq = BigInt(m.seq);
+        res.streamSeq = streamSeq;
         sent++;
         if (!call.write(res)) await drained(call, scope.signal);
       }
       if (scope.signal.aborted) break;
     }
-    scope.signal.removeEventListener("abort", stop);
-    if (!scope.signal.aborted) stop();
+    scope.signal.removeEventListener("abort", source.close);
+    if (!scope.signal.aborted) source.close();
 
     if (call.cancelled) {
       log.debug({ sent, skipped }, "cancelled by the client");
@@ -139,11 +142,57 @@ async function watchEvents(call: WatchCall, deps: WatchDeps): Promise<void> {
     if (call.cancelled) return;
     const g = toGrpcError(scope.byShutdown() ? scope.signal.reason : err);
     if (g.vesper.code === ErrorCode.Internal) log.error({ code: g.vesper.code, err: g.vesper }, "failed");
-    else log.info({ code: g.vesper.code, reason: g.vesper.message }, "failed");
+    else log.info({ code: g.vesper.code, reason: g.vesper.message, sent }, "failed");
     call.emit("error", g);
   } finally {
     scope.dispose();
   }
+}
+
+/** What a watch reads: stored records (with their stream seq) or live ones (seq 0). */
+interface RecordSource {
+  records: AsyncIterable<JsMsg | LiveRecord>;
+  close: () => void;
+}
+
+function seqOf(m: JsMsg | LiveRecord): number {
+  return "seq" in m ? m.seq : 0;
+}
+
+/** The live feed of the listener in this process: records before they are stored. */
+function openLive(deps: WatchDeps, req: api.WatchEventsRequest, signal: AbortSignal): RecordSource {
+  if (deps.live === undefined) {
+    throw new VesperError(
+      ErrorCode.Unsupported,
+      "live watches need the probe-listener in the gateway's process (vesper-host runs both unless --services splits them): watch without live",
+    );
+  }
+  const ac = new AbortController();
+  const onAbort = (): void => ac.abort();
+  signal.addEventListener("abort", onAbort, { once: true });
+  const records = deps.live.watch({ guest: req.guest, probe: req.probe }, { maxQueued: deps.liveMaxQueued, signal: ac.signal });
+  return {
+    records,
+    close: () => {
+      signal.removeEventListener("abort", onAbort);
+      ac.abort();
+    },
+  };
+}
+
+/** An ordered consumer on the events stream. */
+async function openStored(deps: WatchDeps, filter: string, fromSeq: number, log: Logger): Promise<RecordSource> {
+  const { consumer, messages } = await openConsumer(deps, filter, fromSeq, log);
+  return {
+    records: messages,
+    close: () => {
+      void messages
+        .close()
+        .catch(() => {})
+        .then(() => consumer.delete())
+        .catch(() => {}); // ephemeral anyway: the server drops it after 5 min idle
+    },
+  };
 }
 
 async function openConsumer(

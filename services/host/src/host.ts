@@ -1,9 +1,11 @@
 /**
  * Starts the chosen host services. In one process (the default for a single
  * host) each service still has its own NATS connection and talks to the others
- * only over the bus, exactly as when they run as separate processes.
+ * only over the bus, exactly as when they run as separate processes. The one
+ * exception is opt-in: a gateway next to the listener serves live watches from the
+ * listener's LiveFeed, records before they are stored.
  */
-import { connectNats, ProbeStore } from "@vesper/host-common";
+import { connectNats, LiveFeed, ProbeStore } from "@vesper/host-common";
 import { isLoopbackListen, loadTokensFile, startGateway, tokenAuthorizer, type AuthorizeFn } from "@vesper/gateway";
 import { ProbeLibrary, ProbeLoader } from "@vesper/probe-loader";
 import { ProbeListener } from "@vesper/probe-listener";
@@ -23,11 +25,12 @@ export async function startHost(cfg: HostConfig): Promise<RunningHost> {
   const has = (s: HostConfig["services"][number]): boolean => cfg.services.includes(s);
   const connect = (name: string) => connectNats({ name: `vesper-${name}`, servers: cfg.natsUrl, log: createLogger(name) });
   let grpcAddress: string | undefined;
+  const live = has("listener") && has("gateway") ? new LiveFeed() : undefined;
   try {
     if (has("listener")) {
       const log = createLogger("probe-listener");
       const nc = await connect("probe-listener");
-      const listener = new ProbeListener({ nc, log, store: await ProbeStore.open(nc), maxGuestBytesPerSec: cfg.guestMaxBytesPerSec });
+      const listener = new ProbeListener({ nc, log, store: await ProbeStore.open(nc), maxGuestBytesPerSec: cfg.guestMaxBytesPerSec, live });
       await listener.start();
       stops.push(async () => {
         await listener.stop();
@@ -79,7 +82,7 @@ export async function startHost(cfg: HostConfig): Promise<RunningHost> {
         log.warn({ listen: cfg.listen }, "no tokens file (--tokens / VESPER_TOKENS_FILE): the gRPC API is unauthenticated and listens on loopback only");
       }
       const nc = await connect("gateway");
-      const gw = await startGateway({ nc, log, listen: cfg.listen, loaderTimeoutMs: cfg.commandTimeoutMs + 5_000, authorize });
+      const gw = await startGateway({ nc, log, listen: cfg.listen, loaderTimeoutMs: cfg.commandTimeoutMs + 5_000, authorize, live });
       grpcAddress = gw.address;
       stops.push(async () => {
         await gw.close();

@@ -6,6 +6,7 @@
  */
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { MsgHdrs } from "@nats-io/transport-node";
+import type { LiveFeed } from "@vesper/host-common";
 import type { Logger } from "@vesper/protocol";
 
 export interface PublisherStats {
@@ -21,6 +22,8 @@ export class EventPublisher {
   constructor(
     private readonly js: JetStreamClient,
     private readonly log: Logger,
+    /** Offered every record first, before it waits for room or is stored. */
+    private readonly live?: LiveFeed,
     private readonly maxInflight = 2048,
   ) {}
 
@@ -29,6 +32,7 @@ export class EventPublisher {
    * rejects when the record was not stored). Awaits while too many acks are outstanding.
    */
   async publish(subject: string, data: Uint8Array, msgID: string, headers?: MsgHdrs): Promise<{ stored: Promise<void> }> {
+    this.live?.offer(subject, data, msgID, headers);
     while (this.stats.inflight >= this.maxInflight) {
       await new Promise<void>((resolve) => this.waiters.push(resolve));
     }

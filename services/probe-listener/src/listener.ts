@@ -27,7 +27,7 @@ import {
   VesperError,
   type Logger,
 } from "@vesper/protocol";
-import { ensureEventsStream, serve, type ProbeStore } from "@vesper/host-common";
+import { ensureEventsStream, serve, type LiveFeed, type ProbeStore } from "@vesper/host-common";
 import { CommCache } from "./comm-cache.js";
 import { EventPublisher } from "./event-publisher.js";
 import { toApiEvent } from "./event-mapper.js";
@@ -109,6 +109,8 @@ export interface ProbeListenerOptions {
    */
   ackDelayMs?: number;
   ackBusyDelayMs?: number;
+  /** The events stream's in-process mirror for live watchers (a gateway in this process); see LiveFeed. */
+  live?: LiveFeed;
 }
 
 const MAX_U64 = (1n << 64n) - 1n;
@@ -195,7 +197,7 @@ export class ProbeListener {
   async start(): Promise<void> {
     const { nc, log, store } = this.o;
     await ensureEventsStream(await jetstreamManager(nc), log);
-    this.publisher = new EventPublisher(jetstream(nc), log);
+    this.publisher = new EventPublisher(jetstream(nc), log, this.o.live);
     // Probes stay loaded across our restarts: learn them back from the store first.
     for (const entry of await store.list()) {
       try {
