@@ -13,17 +13,25 @@ const fd = fs.openSync(dev, "r+");
 const now = () => process.hrtime.bigint();
 const send = (s) => fs.writeSync(fd, s + "\n");
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// The victim is a grandchild that init adopts: its death must not wake this (Node) driver for
+// SIGCHLD on the measured path, where it would compete with the agent for the one vCPU.
+async function orphanSleep() {
+  const sh = spawn("/bin/sh", ["-c", "sleep 1000 </dev/null >/dev/null 2>&1 & echo $!"], { stdio: ["ignore", "pipe", "ignore"] });
+  let out = "";
+  sh.stdout.on("data", (d) => (out += d));
+  await new Promise((r) => sh.once("close", r));
+  return Number(out.trim());
+}
 async function run(n, gap) {
   for (let i = 0; i < n; i++) {
-    const c = spawn("/bin/sleep", ["1000"], { stdio: "ignore" });
-    await new Promise((r) => c.once("spawn", r));
+    const pid = await orphanSleep();
     await sleep(gap / 2);
     send(`R ${i} ${now()}`);
     await sleep(gap / 2);
     const t = now();
-    process.kill(c.pid, "SIGKILL");
+    process.kill(pid, "SIGKILL");
     await sleep(gap / 2);
-    send(`K ${i} ${c.pid} ${t}`);
+    send(`K ${i} ${pid} ${t}`);
   }
   send("D");
 }

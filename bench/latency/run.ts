@@ -2,11 +2,11 @@
  * Detection latency: `kill` inside a QEMU guest -> the exit event at a gRPC WatchEvents client,
  * against the raw one-way latency of the same virtio-serial channel measured in the same run.
  *
- *   node --import tsx bench/latency/run.ts [--kills 200] [--warmup 20] [--gap-ms 60] [--no-nats] [--no-qemu] [--nice N] [--node-flags F] [--trace]
+ *   node --import tsx bench/latency/run.ts [--kills 200] [--warmup 20] [--gap-ms 60] [--no-nats] [--no-qemu] [--nice N] [--node-flags F] [--trace] [--host-profile DIR]
  *
  * Part 1 (virtio-serial): one guest with a second port org.vesper.bench. A driver in the guest
  * (guest-driver.mjs, node) writes "R <mono>" straight into that port (raw one-way sample), and
- * kills a `sleep` child, reporting the kill's CLOCK_MONOTONIC time afterwards. The host puts
+ * kills a `sleep` (a grandchild init adopts, so the driver handles no SIGCHLD on the measured path), reporting the kill's CLOCK_MONOTONIC time afterwards. The host puts
  * guest times on its own clock with an offset from ping-pong over the bench port (minimum-RTT
  * sample, uncertainty ±RTT/2; the same offset is used for both series, so the ratio does not
  * depend on it). Vesper path: guest tracefs read -> frame -> qemu-bridge -> NATS -> listener ->
@@ -37,6 +37,8 @@ const GAP_MS = Number(argOf("--gap-ms", "60"));
 const NODE_FLAGS = argOf("--node-flags", "") ?? "";
 /** vesper.nice for the guest frontend (the image leaves it at 0). */
 const NICE = argOf("--nice", "") ?? "";
+/** --host-profile DIR: a V8 CPU profile of vesper-host into DIR (written when it stops). */
+const HOST_PROFILE = argOf("--host-profile", "") ?? "";
 /** --trace: the guest frontend logs each page's timing; the breakdown then splits the guest's part. */
 const TRACE = hasFlag("--trace");
 let natsUrl = "127.0.0.1:4222";
@@ -47,6 +49,8 @@ interface PartResult {
   name: string;
   raw: number[];
   vesper: number[];
+  /** kill -> the same event at a live WatchEvents client (before it is stored) */
+  live: number[];
   /** event timestamp (exit tracepoint) -> watcher */
   pipeline: number[];
   note: string;
@@ -54,9 +58,9 @@ interface PartResult {
 
 type Ev = { pid: number; event: string; ts: bigint; at: bigint };
 
-function watchExits(client: VesperApiClient, guest: string, probe: string, signal: AbortSignal): { ready: Promise<void>; exits: Map<number, Ev> } {
+function watchExits(client: VesperApiClient, guest: string, probe: string, signal: AbortSignal, live = false): { ready: Promise<void>; exits: Map<number, Ev> } {
   const exits = new Map<number, Ev>();
-  const stream = client.watch({ guest, probe }, { signal });
+  const stream = client.watch({ guest, probe, live }, { signal });
   void (async () => {
     try {
       for await (const res of stream) {
@@ -159,7 +163,8 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
     await tap.flush();
     const ac = new AbortController();
     const w = watchExits(client, name, "process", ac.signal);
-    await w.ready;
+    const wl = watchExits(client, name, "process", ac.signal, true);
+    await Promise.all([w.ready, wl.ready]);
     const total = WARMUP + KILLS;
     sock.write(`G ${total} ${GAP_MS}\n`);
     const rawSamples: Array<{ i: number; g: bigint; at: bigint }> = [];
@@ -184,10 +189,13 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
     const drift = ms(o2.off - o1.off);
     const raw = rawSamples.filter((s) => s.i >= WARMUP).map((s) => ms(s.at - (s.g - off)));
     const vesper: number[] = [];
+    const live: number[] = [];
     const pipeline: number[] = [];
     let missing = 0;
     const breakdown: number[][] = [];
     for (const k of kills.filter((k) => k.i >= WARMUP)) {
+      const el = wl.exits.get(k.pid);
+      if (el !== undefined) live.push(ms(el.at - (k.g - off)));
       const e = w.exits.get(k.pid);
       if (e === undefined) {
         missing++;
@@ -214,6 +222,7 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
       name: "virtio-serial (QEMU TCG guest)",
       raw,
       vesper,
+      live,
       pipeline,
       note:
         `clock offset from min-RTT ping over the bench port: RTT ${ms(o1.rtt).toFixed(2)}/${ms(o2.rtt).toFixed(2)} ms ` +
@@ -246,7 +255,8 @@ async function natsPart(runDir: string, client: VesperApiClient): Promise<PartRe
     await client.insmod({ guest, probe: "benchexit", options: {} });
     const ac = new AbortController();
     const w = watchExits(client, guest, "benchexit", ac.signal);
-    await w.ready;
+    const wl = watchExits(client, guest, "benchexit", ac.signal, true);
+    await Promise.all([w.ready, wl.ready]);
     const rawSub = nc2.subscribe(`vbench.raw.${process.pid}`);
     const raw: number[] = [];
     let rawIdx = 0;
@@ -271,6 +281,7 @@ async function natsPart(runDir: string, client: VesperApiClient): Promise<PartRe
     await nc2.flush();
     const breakdown: number[][] = [];
     const vesper: number[] = [];
+    const live: number[] = [];
     const pipeline: number[] = [];
     let missing = 0;
     for (let i = 0; i < WARMUP + KILLS; i++) {
@@ -283,6 +294,8 @@ async function natsPart(runDir: string, client: VesperApiClient): Promise<PartRe
       c.kill("SIGKILL");
       const e = await waitFor("exit event", () => w.exits.get(c.pid!), { timeoutMs: 5000, intervalMs: 1 }).catch(() => undefined);
       if (i < WARMUP) continue;
+      const el = await waitFor("live exit event", () => wl.exits.get(c.pid!), { timeoutMs: 5000, intervalMs: 1 }).catch(() => undefined);
+      if (el !== undefined) live.push(ms(el.at - t));
       if (e === undefined) missing++;
       else {
         vesper.push(ms(e.at - t));
@@ -298,6 +311,7 @@ async function natsPart(runDir: string, client: VesperApiClient): Promise<PartRe
       name: "NATS transport (frontend on the host)",
       raw,
       vesper,
+      live,
       pipeline,
       note:
         `one clock; ${missing} kills without an event. Breakdown (medians, ms): kill→exit tracepoint ${median(breakdown.map((b) => b[0]!)).toFixed(2)}, ` +
@@ -329,7 +343,7 @@ async function main(): Promise<void> {
   natsUrl = nats.url;
   // --split: each host service in its own process (the default is all in one, as a single host runs them).
   const split = hasFlag("--split");
-  const host = await HostProcess.start({ runDir, probeDir, extraArgs: ["--nats", nats.url], ...(split ? { services: ["loader", "gateway"] } : {}) });
+  const host = await HostProcess.start({ runDir, probeDir, extraArgs: ["--nats", nats.url], ...(HOST_PROFILE !== "" ? { nodeArgs: ["--cpu-prof", "--cpu-prof-interval", "100", `--cpu-prof-dir=${HOST_PROFILE}`] } : {}), ...(split ? { services: ["loader", "gateway"] } : {}) });
   const others = split
     ? await Promise.all(["listener", "bridge"].map((s) => HostProcess.start({ runDir, probeDir, services: [s], extraArgs: ["--nats", nats.url] })))
     : [];
@@ -356,15 +370,33 @@ async function main(): Promise<void> {
       percentile(p.vesper, 99).toFixed(2),
       median(p.pipeline).toFixed(2),
       `**${(v50 / r50).toFixed(2)}×** (goal ≤ 2×)`,
+      p.live.length,
+      median(p.live).toFixed(2),
+      percentile(p.live, 99).toFixed(2),
+      `**${(median(p.live) / r50).toFixed(2)}×**`,
     ];
   });
-  const head = ["channel", "kills", "raw p50 ms", "raw p99 ms", "kill→watcher p50 ms", "kill→watcher p99 ms", "exit ts→watcher p50 ms", "ratio p50 Vesper/raw"];
+  const head = [
+    "channel",
+    "kills",
+    "raw p50 ms",
+    "raw p99 ms",
+    "kill→watcher p50 ms",
+    "kill→watcher p99 ms",
+    "exit ts→watcher p50 ms",
+    "ratio p50 Vesper/raw",
+    "live: events",
+    "live p50 ms",
+    "live p99 ms",
+    "ratio p50 live/raw",
+  ];
   console.log(table(head, rows));
   for (const p of parts) console.log(`${p.name}: ${p.note}`);
   const cdf = (xs: number[]): Array<[number, number]> => [...xs].sort((a, b) => a - b).map((v, i, a) => [v, ((i + 1) / a.length) * 100]);
   const series: Series[] = parts.flatMap((p) => [
     { name: `${p.name.split(" ")[0]} raw`, points: cdf(p.raw) },
     { name: `${p.name.split(" ")[0]} Vesper`, points: cdf(p.vesper) },
+    { name: `${p.name.split(" ")[0]} Vesper live`, points: cdf(p.live) },
   ]);
   const md = [
     "# Detection latency (`bench/latency`)",
@@ -379,7 +411,8 @@ async function main(): Promise<void> {
     ...parts.map((p) => `- ${p.name}: ${p.note}`),
     "- raw virtio-serial = a guest process writing its CLOCK_MONOTONIC straight into a second port (org.vesper.bench) of the same",
     "  virtio-serial device, read on the host (one-way, guest clock put on the host clock). Vesper = kill() in the guest to the",
-    "  `process` probe's exit event at a gRPC WatchEvents client (urgent mode).",
+    "  `process` probe's exit event at a gRPC WatchEvents client (urgent mode). live = the same kills at a second client watching",
+    "  with `live` (WatchEvents{live}: the listener's records before they are stored; both watchers run at once).",
     "- raw NATS = core NATS publish of a timestamp to a subscriber on another connection.",
   ].join("\n");
   writeResult("latency", md, lineChart({ title: "Detection latency CDF", xLabel: "ms (log)", yLabel: "% of samples", series, logX: true, markersOnly: false }));
