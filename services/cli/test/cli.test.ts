@@ -5,7 +5,7 @@ import { after, before, describe, it } from "node:test";
 import { connect, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager, type JetStreamClient } from "@nats-io/jetstream";
 import { startGateway, type Gateway } from "@vesper/gateway";
-import { serve } from "@vesper/host-common";
+import { LiveFeed, serve } from "@vesper/host-common";
 import { api, bus, createLogger, ErrorCode, EVENTS_STREAM, subjects, VesperError } from "@vesper/protocol";
 import { main } from "../src/main.js";
 import { eventToJson, formatEventLine } from "../src/format.js";
@@ -74,11 +74,13 @@ describe("vesper CLI against a gateway on real NATS", () => {
   const subs: Subscription[] = [];
   const guest = uniq("web");
   const ghost = uniq("ghost");
+  // The gateway's live feed, as a listener in its process would fill it.
+  const feed = new LiveFeed();
 
   before(async () => {
     nc = await connect({ servers: await privateNatsUrl() });
     js = jetstream(nc);
-    gw = await startGateway({ nc, listen: "127.0.0.1:0", log });
+    gw = await startGateway({ nc, listen: "127.0.0.1:0", log, live: feed });
     addr = ["--addr", gw.address];
   });
 
@@ -266,6 +268,28 @@ describe("vesper CLI against a gateway on real NATS", () => {
         )
         .join(""),
     );
+  });
+
+  it("watch --live prints what the feed offers from now on, with seq 0, and refuses --from-seq", async () => {
+    const g = uniq("l");
+    const pending = run([...addr, "watch", "--guest", g, "--json", "--count", "1", "--live"]);
+    const ev = event(g, "process", "sched/sched_process_exit", 42);
+    const data = api.WatchEventsResponse.encode(ev).finish();
+    // Offered until the watch is there (the CLI connects in the meantime), each under a new id.
+    let n = 0;
+    while (feed.watchers === 0) await new Promise((r) => setTimeout(r, 10));
+    feed.offer(subjects.events(uniq("other"), "process"), data, `o${n++}`);
+    feed.offer(subjects.events(g, "process"), data, `l${n++}`);
+    const r = await pending;
+    assert.equal(r.stderr, "");
+    assert.equal(r.code, 0);
+    const lines = r.stdout.trimEnd().split("\n").map((l) => JSON.parse(l));
+    assert.equal(lines.length, 1);
+    assert.equal(lines[0].pid, 42);
+    assert.equal(lines[0].seq, 0);
+    const bad = await run([...addr, "watch", "--live", "--from-seq", "5"]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--live starts at the next event: it cannot be combined with --from-seq/);
   });
 
   it("watch ends cleanly (exit 0) when interrupted", async () => {
