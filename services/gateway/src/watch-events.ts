@@ -93,7 +93,7 @@ async function watchEvents(call: WatchCall, deps: WatchDeps): Promise<void> {
   try {
     await deps.authorize?.({ method: "WatchEvents", metadata: call.metadata, peer: call.getPeer() });
     checkRequest(req);
-    const source = req.live ? openLive(deps, req, scope.signal) : await openStored(deps, filter, Number(req.fromStreamSeq), log);
+    const source = req.live ? openLive(deps, req) : await openStored(deps, filter, Number(req.fromStreamSeq), log);
     scope.signal.addEventListener("abort", source.close, { once: true });
     if (scope.signal.aborted) source.close();
     call.sendMetadata(new Metadata());
@@ -160,7 +160,7 @@ function seqOf(m: JsMsg | LiveRecord): number {
 }
 
 /** The live feed of the listener in this process: records before they are stored. */
-function openLive(deps: WatchDeps, req: api.WatchEventsRequest, signal: AbortSignal): RecordSource {
+function openLive(deps: WatchDeps, req: api.WatchEventsRequest): RecordSource {
   if (deps.live === undefined) {
     throw new VesperError(
       ErrorCode.Unsupported,
@@ -168,16 +168,8 @@ function openLive(deps: WatchDeps, req: api.WatchEventsRequest, signal: AbortSig
     );
   }
   const ac = new AbortController();
-  const onAbort = (): void => ac.abort();
-  signal.addEventListener("abort", onAbort, { once: true });
   const records = deps.live.watch({ guest: req.guest, probe: req.probe }, { maxQueued: deps.liveMaxQueued, signal: ac.signal });
-  return {
-    records,
-    close: () => {
-      signal.removeEventListener("abort", onAbort);
-      ac.abort();
-    },
-  };
+  return { records, close: () => ac.abort() };
 }
 
 /** An ordered consumer on the events stream. */

@@ -12,7 +12,7 @@
  * again when its store failed) is offered once, as the stream stores it once.
  */
 import type { MsgHdrs } from "@nats-io/transport-node";
-import { ErrorCode, VesperError } from "@vesper/protocol";
+import { ErrorCode, guestProbeOfEventsSubject, VesperError } from "@vesper/protocol";
 
 export interface LiveRecord {
   /** vesper.events.<guest>.<probe> */
@@ -68,7 +68,7 @@ export class LiveFeed {
     let probe: string | undefined;
     for (const s of this.subs) {
       if (s.guest !== "" || s.probe !== "") {
-        if (guest === undefined) [guest, probe] = guestProbeOf(subject);
+        if (guest === undefined) [guest, probe] = guestProbeOfEventsSubject(subject);
         if ((s.guest !== "" && s.guest !== guest) || (s.probe !== "" && s.probe !== probe)) continue;
       }
       if (!s.push(rec)) this.stats.overflows++;
@@ -91,12 +91,6 @@ export class LiveFeed {
     }
     this.recent.add(id);
   }
-}
-
-function guestProbeOf(subject: string): [string, string] {
-  // vesper.events.<guest>.<probe>: guest ids and probe names hold no dots (checkGuestId, checkProbeName).
-  const parts = subject.split(".");
-  return [parts[2] ?? "", parts[3] ?? ""];
 }
 
 class LiveSubscription implements AsyncIterableIterator<LiveRecord> {

@@ -38,6 +38,12 @@ export const subjects = {
 
 export const EVENTS_STREAM = "VESPER_EVENTS";
 
+/** The guest and probe tokens of a vesper.events.<guest>.<probe> subject (guest ids and probe names hold no dots). */
+export function guestProbeOfEventsSubject(subject: string): [guest: string, probe: string] {
+  const parts = subject.split(".");
+  return [parts[2] ?? "", parts[3] ?? ""];
+}
+
 /** The guest token of a vesper.ring.<guest>.… subject, or undefined. */
 export function guestOfRingSubject(subject: string): string | undefined {
   const parts = subject.split(".");
