@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what Vesper needs on a Debian 12 host; safe to run again.
-#   apt: protoc (code generation), QEMU (TCG guests), busybox/cpio/lz4 (guest image), nats-server,
+#   apt: protoc (code generation), QEMU (TCG guests), busybox/cpio/lz4 (guest image), gcc (uprobe
+#        targets in tests and benches), nats-server,
 #        corosync + pacemaker (the failover evaluation)
 #   npm: the locked dependencies
 #   a NATS server with JetStream on 127.0.0.1:4222 if none answers there
@@ -13,6 +14,8 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
 command -v lz4 >/dev/null || need+=(lz4)
+# Tests and benches compile small C programs to put uprobes on (and bench/load).
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 # The failover evaluation (test/failover, bench/failover): a real two-node cluster.
 command -v corosync >/dev/null || need+=(corosync)

@@ -1,11 +1,12 @@
 /**
  * Integration on this machine's own kernel, no VM: the guest frontend runs on the
  * host and talks to real host services over real NATS. This kernel has
- * tracepoints but no kprobes, so a tracepoint-only probe must work and the
- * kprobe-based `process` probe must fail with a clear error.
+ * tracepoints and uprobes but no kprobes, so a tracepoint-only probe and a uprobe
+ * probe must work and the kprobe-based `process` probe must fail with a clear error.
  */
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { existsSync, mkdtempSync, readdirSync, statSync, writeFileSync, mkdirSync } from "node:fs";
 import path from "node:path";
 import { after, before, test } from "node:test";
@@ -27,6 +28,8 @@ const WINDOW_PAGES = 32;
 let host: HostProcess;
 let frontend: ChildProcess;
 let client: VesperApiClient;
+/** A program built for the uprobe tests: `tick N...` calls vesper_it_tick(N) for each argument. */
+let tickBin: string;
 
 before(async () => {
   const runDir = mkdtempSync("/tmp/vesper-it-");
@@ -59,6 +62,29 @@ before(async () => {
   writeFileSync(
     path.join(probeDir, "bulksys.json"),
     JSON.stringify({ name: "bulksys", tracepoints: [{ system: "raw_syscalls", event: "sys_enter" }], delivery: "bulk", flushIntervalMs: 50 }),
+  );
+  // A uprobe and a uretprobe on a function of a program built here; and one on a function it lacks.
+  tickBin = path.join(runDir, "tick");
+  writeFileSync(
+    `${tickBin}.c`,
+    "#include <stdlib.h>\n__attribute__((noinline)) long vesper_it_tick(long n) { __asm__ volatile(\"\"); return n * 3; }\n" +
+      "int main(int argc, char **argv) { long r = 0; for (int i = 1; i < argc; i++) r += vesper_it_tick(atol(argv[i])); return (int)(r & 1); }\n",
+  );
+  execFileSync("gcc", ["-O1", "-o", tickBin, `${tickBin}.c`]);
+  writeFileSync(
+    path.join(probeDir, "ticks.json"),
+    JSON.stringify({
+      name: "ticks",
+      uprobes: [
+        { name: "tick", path: tickBin, symbol: "vesper_it_tick", fetchArgs: ["n=%di:s64", "comm=$comm"] },
+        { name: "tick_ret", path: tickBin, symbol: "vesper_it_tick", isReturn: true, fetchArgs: ["r=$retval:s64"], filter: "r > 30" },
+      ],
+      delivery: "urgent",
+    }),
+  );
+  writeFileSync(
+    path.join(probeDir, "noticks.json"),
+    JSON.stringify({ name: "noticks", uprobes: [{ name: "tick", path: tickBin, symbol: "vesper_it_tock" }], delivery: "urgent" }),
   );
   host = await HostProcess.start({ runDir, probeDir, services: ["loader", "listener", "gateway"] });
   client = new VesperApiClient(host.address!, { timeoutMs: 30_000 });
@@ -282,6 +308,60 @@ test("a frontend whose window is a quarter full asks for its ack (ack_soon)", { 
   const big = sent.filter((s) => s.pages >= WINDOW_PAGES / 4);
   assert.ok(big.every((s) => s.ackSoon), `every message of ${WINDOW_PAGES / 4}+ pages asks for its ack: ${JSON.stringify(big.slice(0, 5))}`);
   assert.ok(sent.reduce((n, s) => n + s.pages, 0) > WINDOW_PAGES * 2, "the window turned over (acks came)");
+});
+
+/** uprobe_events lines of this run's frontend (its groups start with the instance prefix). */
+function ourUprobes(): string[] {
+  return readFileSync(path.join(TRACEFS, "uprobe_events"), "utf8").split("\n").filter((l) => l.includes(`:${prefix}_`));
+}
+
+test("a uprobe and a uretprobe on a program's function fire with their fetch args and filter, and rmmod removes them", { timeout: 120_000 }, async () => {
+  if (!existsSync(path.join(TRACEFS, "uprobe_events"))) return; // no uprobes in this kernel: the loader refuses (see below)
+  const loaded = await client.insmod({ guest, probe: "ticks", options: {} });
+  assert.deepEqual(loaded.events.sort(), ["vesper_ticks/tick", "vesper_ticks/tick_ret"]);
+  assert.equal(ourUprobes().length, 2, ourUprobes().join("\n"));
+  const abort = new AbortController();
+  const stream = client.watch({ guest, probe: "ticks" }, { signal: abort.signal });
+  await stream.ready;
+  const child = spawn(tickBin, ["7", "11", "13"], { stdio: "ignore" });
+  const pid = child.pid!;
+  const calls: bigint[] = [];
+  const returns: bigint[] = [];
+  const timer = setTimeout(() => abort.abort(), 60_000);
+  try {
+    for await (const res of stream) {
+      if (res.kind?.$case !== "event" || res.kind.value.pid !== pid) continue;
+      const ev = res.kind.value;
+      const int = (name: string): bigint | undefined => (ev.fields[name]?.kind?.$case === "int" ? (ev.fields[name]!.kind as { value: bigint }).value : undefined);
+      if (ev.event.endsWith("/tick")) {
+        calls.push(int("n")!);
+        assert.equal(ev.comm, "tick", "the event's comm, from its $comm fetch arg");
+      }
+      if (ev.event.endsWith("/tick_ret")) returns.push(int("r")!);
+      if (calls.length === 3 && returns.length === 2) break;
+    }
+  } finally {
+    clearTimeout(timer);
+    stream.cancel();
+  }
+  assert.deepEqual(calls, [7n, 11n, 13n], "each call with its argument");
+  assert.deepEqual(returns, [33n, 39n], "returns, filtered in the kernel on r > 30 (21 is not shipped)");
+  const r = await client.rmmod({ guest, probe: "ticks", flags: 0 });
+  assert.equal(r.guestClean, true);
+  assert.deepEqual(ourUprobes(), [], "rmmod removed the uprobes");
+  assert.deepEqual(ours(), []);
+});
+
+test("a uprobe on a function the file lacks fails with the file and symbol named, and leaves nothing", { timeout: 60_000 }, async () => {
+  if (!existsSync(path.join(TRACEFS, "uprobe_events"))) return;
+  await assert.rejects(client.insmod({ guest, probe: "noticks", options: {} }), (err: unknown) => {
+    assert.ok(err instanceof ApiError);
+    assert.equal(err.code, ErrorCode.KernelRefused);
+    assert.match(err.message, new RegExp(`${tickBin} has no function vesper_it_tock`));
+    return true;
+  });
+  assert.deepEqual(ourUprobes(), []);
+  assert.deepEqual(ours(), [], "the rollback removed the instance");
 });
 
 test("a kprobe probe on a kernel without kprobes fails with a clear error and leaves nothing", async () => {

@@ -28,6 +28,7 @@ let listener: ProbeListener;
 const spec: ring.ProbeSpec = {
   name: "fixture",
   description: "",
+  uprobes: [],
   kprobes: [{ name: "exit", symbol: "do_exit", offset: 0n, fetchArgs: ["code=%di:s64", "comm=$comm"], isReturn: false, filter: "", waitStatusArg: "code" }],
   tracepoints: ["sched_process_exit", "sched_process_exec", "sched_process_fork"].map((event) => ({ system: "sched", event, filter: "" })).concat([{ system: "signal", event: "signal_deliver", filter: "" }]),
   bufferKbPerCpu: 64,

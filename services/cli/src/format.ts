@@ -180,14 +180,21 @@ export function guestToJson(g: api.Guest): Record<string, Json> {
   };
 }
 
-/** "system/event" names a probe produces: its tracepoints, and its kprobes as vesper_<probe>/<name>. */
+/** "system/event" names a probe produces: its tracepoints, and its kprobes and uprobes as vesper_<probe>/<name>. */
 export function probeEvents(p: api.ProbeInfo): string[] {
   const spec = p.spec;
   if (spec === undefined) return [];
   return [
     ...spec.tracepoints.map((t) => `${t.system}/${t.event}`),
     ...spec.kprobes.map((k) => `vesper_${spec.name || p.name}/${k.name}`),
+    ...spec.uprobes.map((u) => `vesper_${spec.name || p.name}/${u.name}`),
   ];
+}
+
+/** Where a uprobe goes: "PATH:SYMBOL[+OFF]" or "PATH:0xFILEOFFSET". */
+function uprobeAt(u: { path: string; symbol: string; offset: bigint }): string {
+  if (u.symbol === "") return `${u.path}:0x${u.offset.toString(16)}`;
+  return `${u.path}:${u.symbol}${u.offset > 0n ? `+${u.offset}` : ""}`;
 }
 
 export function formatProbes(probes: readonly api.ProbeInfo[]): string {
@@ -210,6 +217,7 @@ export function formatProbeDescription(p: api.ProbeInfo): string {
     const needs = [
       ...spec.tracepoints.map((t) => `tracepoint ${t.system}:${t.event}${t.filter ? ` (filter: ${t.filter})` : ""}`),
       ...spec.kprobes.map((k) => `kprobe on ${k.symbol} -> vesper_${spec.name}/${k.name}${k.filter ? ` (filter: ${k.filter})` : ""}`),
+      ...spec.uprobes.map((u) => `${u.isReturn ? "uretprobe" : "uprobe"} on ${uprobeAt(u)} -> vesper_${spec.name}/${u.name}${u.filter ? ` (filter: ${u.filter})` : ""}`),
     ];
     lines.push("  needs:", ...needs.map((n) => `    ${n}`));
   }
@@ -229,6 +237,7 @@ export function probeDescriptionToJson(p: api.ProbeInfo): Record<string, Json> {
     ...probeToJson(p),
     tracepoints: (p.spec?.tracepoints ?? []).map((t) => ({ system: t.system, event: t.event, filter: t.filter })),
     kprobes: (p.spec?.kprobes ?? []).map((k) => ({ name: k.name, symbol: k.symbol, fetch_args: k.fetchArgs, filter: k.filter })),
+    uprobes: (p.spec?.uprobes ?? []).map((u) => ({ name: u.name, at: uprobeAt(u), return: u.isReturn, fetch_args: u.fetchArgs, filter: u.filter })),
     event_docs: probeEvents(p).map((name) => {
       const d = docs.get(name);
       return { name, doc: d?.doc ?? "", fields: Object.fromEntries((d?.fields ?? []).map((f) => [f.name, f.doc])) };

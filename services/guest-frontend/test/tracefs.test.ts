@@ -20,7 +20,7 @@ let tf: Tracefs;
 let engine: ProbeEngine;
 
 function spec(p: Partial<ring.ProbeSpec> & { name: string }): ring.ProbeSpec {
-  return { description: "", kprobes: [], tracepoints: [], bufferKbPerCpu: 0, delivery: URGENT, flushIntervalMs: 0, ...p };
+  return { description: "", kprobes: [], uprobes: [], tracepoints: [], bufferKbPerCpu: 0, delivery: URGENT, flushIntervalMs: 0, ...p };
 }
 
 function kprobe(p: Partial<ring.KprobeSpec> & { name: string; symbol: string }): ring.KprobeSpec {

@@ -46,6 +46,7 @@ export const builtinProbeDocs: readonly BuiltinProbe[] = [
       description:
         "Process lifecycle: exec, fork and exit of every task; exit carries the exit code and the terminating signal " +
         "(sched_process_exit lacks them, so a do_exit kprobe reads do_exit's wait status).",
+      uprobes: [],
       kprobes: [
         {
           name: "exit",
@@ -97,6 +98,7 @@ export const builtinProbeDocs: readonly BuiltinProbe[] = [
       description:
         "Memory pressure: OOM kills (the victim with its memory figures, and the kind of OOM) and page allocation " +
         "failures the kernel warns about.",
+      uprobes: [],
       kprobes: [
         kprobe("oom_kill", "oom_kill_process", ["message=+0(%si):string", "comm=$comm"]),
         kprobe("alloc_fail", "warn_alloc", ["gfp_mask=%di:x32", "comm=$comm"]),
@@ -142,6 +144,7 @@ export const builtinProbeDocs: readonly BuiltinProbe[] = [
       description:
         "Network failures: a listening TCP socket closed (the service stopped accepting), an interface went down " +
         "(administratively, or lost its carrier), TCP resets sent and received.",
+      uprobes: [],
       kprobes: [
         // inet_csk_listen_stop(sk) runs only when a listening socket closes; the local port is
         // sk->__sk_common.skc_num, at offset 14 of struct sock_common on 64-bit kernels since 2.6.
@@ -209,6 +212,7 @@ export const builtinProbeDocs: readonly BuiltinProbe[] = [
     spec: {
       name: "storage",
       description: "Storage failures: block I/O requests that completed with an error, and ext4 errors (which remount the filesystem read-only under errors=remount-ro).",
+      uprobes: [],
       kprobes: [
         // ext4_handle_error(sb, force_ro, error, ino, block, func, line)
         kprobe("ext4_error", "ext4_handle_error", [
@@ -253,6 +257,7 @@ export const builtinProbeDocs: readonly BuiltinProbe[] = [
       description:
         "Kernel health: soft/hard lockup, hung task and RCU stall reports, WARN()ings, oopses and panics. Lockups, hung tasks and " +
         "stalls have no tracepoint; their console messages are caught with a filtered printk:console.",
+      uprobes: [],
       kprobes: [
         kprobe("warn", "__warn", ["file=+0(%di):string", "line=%si:s32", "comm=$comm"]),
         kprobe("oops", "die", ["message=+0(%di):string", "err=%dx:s64", "comm=$comm"]),

@@ -18,7 +18,7 @@ export interface LibraryEntry {
 
 /**
  * What a guest's kernel lacks to load `spec`, judged from the capabilities its
- * frontend announced in Hello: kprobe support and each tracepoint. Empty when
+ * frontend announced in Hello: kprobe and uprobe support, and each tracepoint. Empty when
  * nothing is missing, or when the guest did not list its tracepoints (then the
  * guest's own checks decide). Kprobe symbols cannot be judged here (Hello does not
  * carry kallsyms): a missing symbol is reported by the guest when it loads.
@@ -31,6 +31,11 @@ export function missingRequirements(spec: ring.ProbeSpec, caps: ring.Capabilitie
       `kprobes (CONFIG_KPROBE_EVENTS), needed for ${spec.kprobes.map((k) => `${kprobeGroup(spec.name)}/${k.name} on ${k.symbol}`).join(", ")}`,
     );
   }
+  if (spec.uprobes.length > 0 && !caps.uprobes) {
+    missing.push(
+      `uprobes (CONFIG_UPROBE_EVENTS), needed for ${spec.uprobes.map((u) => `${kprobeGroup(spec.name)}/${u.name} in ${u.path}`).join(", ")}`,
+    );
+  }
   if (caps.tracepoints.length > 0) {
     const have = new Set(caps.tracepoints);
     for (const t of spec.tracepoints) {
@@ -40,8 +45,9 @@ export function missingRequirements(spec: ring.ProbeSpec, caps: ring.Capabilitie
   return missing;
 }
 
-const SPEC_KEYS = new Set(["name", "description", "kprobes", "tracepoints", "bufferKbPerCpu", "delivery", "flushIntervalMs"]);
+const SPEC_KEYS = new Set(["name", "description", "kprobes", "uprobes", "tracepoints", "bufferKbPerCpu", "delivery", "flushIntervalMs"]);
 const KPROBE_KEYS = new Set(["name", "symbol", "offset", "fetchArgs", "isReturn", "filter", "waitStatusArg"]);
+const UPROBE_KEYS = new Set(["name", "path", "symbol", "offset", "fetchArgs", "isReturn", "filter"]);
 const TP_KEYS = new Set(["system", "event", "filter"]);
 
 function checkKeys(where: string, obj: unknown, allowed: Set<string>): void {
@@ -66,6 +72,7 @@ export function parseProbeFile(text: string, where: string): ring.ProbeSpec {
   checkKeys(where, obj, SPEC_KEYS);
   const o = obj as Record<string, unknown>;
   for (const k of (o.kprobes as unknown[] | undefined) ?? []) checkKeys(`${where}: kprobe`, k, KPROBE_KEYS);
+  for (const u of (o.uprobes as unknown[] | undefined) ?? []) checkKeys(`${where}: uprobe`, u, UPROBE_KEYS);
   for (const t of (o.tracepoints as unknown[] | undefined) ?? []) checkKeys(`${where}: tracepoint`, t, TP_KEYS);
   if (o.delivery === "urgent" || o.delivery === "bulk") o.delivery = `DELIVERY_MODE_${o.delivery.toUpperCase()}`;
   try {

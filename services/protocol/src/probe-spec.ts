@@ -5,10 +5,17 @@
  * pass, nothing that could smuggle another tracefs command.
  */
 import { ErrorCode, VesperError } from "./errors.js";
-import { DeliveryMode, type KprobeSpec, type ProbeSpec, type TracepointSpec } from "./generated/vesper/ring/v1/ring.js";
+import { DeliveryMode, type KprobeSpec, type ProbeSpec, type TracepointSpec, type UprobeSpec } from "./generated/vesper/ring/v1/ring.js";
 import { PROBE_NAME_RE } from "./names.js";
 
 const SYMBOL_RE = /^[A-Za-z_][A-Za-z0-9_.]{0,127}$/;
+/** An ELF symbol as stored in a string table (C++ names mangled). */
+const ELF_SYMBOL_RE = /^[A-Za-z_.$][A-Za-z0-9_.$]{0,511}$/;
+/** An absolute path with no blanks (uprobe_events separates fields by them) and no ".." step. */
+const UPROBE_PATH_RE = /^(\/[A-Za-z0-9_.+,@=-]+){1,64}$/;
+const MAX_UPROBE_PATH = 1024;
+/** Largest file offset a uprobe may name (1 TiB: far past any executable). */
+const MAX_FILE_OFFSET = 1n << 40n;
 const EVENT_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
 const TP_PART_RE = /^[A-Za-z0-9_]{1,64}$/;
 // name=fetcharg[:type]; fetcharg is a register, $-variable, @symbol, or +|-offs(...) deref.
@@ -35,21 +42,38 @@ function checkKprobe(probe: string, k: KprobeSpec): void {
   if (!EVENT_NAME_RE.test(k.name)) invalid(probe, `kprobe event name ${JSON.stringify(k.name)} is not an identifier`);
   if (!SYMBOL_RE.test(k.symbol)) invalid(probe, `kprobe ${k.name}: symbol ${JSON.stringify(k.symbol)} is not a kernel symbol name`);
   if (k.offset < 0n || k.offset > 0xffffn) invalid(probe, `kprobe ${k.name}: offset out of range`);
-  if (k.fetchArgs.length > 32) invalid(probe, `kprobe ${k.name}: at most 32 fetch args`);
-  const seen = new Set<string>();
-  for (const arg of k.fetchArgs) {
-    if (!FETCH_ARG_RE.test(arg)) {
-      invalid(probe, `kprobe ${k.name}: fetch arg ${JSON.stringify(arg)} is not of the form name=fetcharg[:type]`);
-    }
-    const name = arg.slice(0, arg.indexOf("="));
-    if (seen.has(name)) invalid(probe, `kprobe ${k.name}: fetch arg name ${name} used twice`);
-    seen.add(name);
-  }
+  const seen = checkFetchArgs(probe, `kprobe ${k.name}`, k.fetchArgs);
   if (k.waitStatusArg !== "" && !seen.has(k.waitStatusArg)) {
     invalid(probe, `kprobe ${k.name}: wait_status_arg ${JSON.stringify(k.waitStatusArg)} names no fetch arg`);
   }
   if (k.isReturn && k.offset !== 0n) invalid(probe, `kprobe ${k.name}: a return probe takes no offset`);
   checkFilter(probe, `kprobe ${k.name}`, k.filter);
+}
+
+function checkFetchArgs(probe: string, where: string, args: readonly string[]): Set<string> {
+  if (args.length > 32) invalid(probe, `${where}: at most 32 fetch args`);
+  const seen = new Set<string>();
+  for (const arg of args) {
+    if (!FETCH_ARG_RE.test(arg)) invalid(probe, `${where}: fetch arg ${JSON.stringify(arg)} is not of the form name=fetcharg[:type]`);
+    const name = arg.slice(0, arg.indexOf("="));
+    if (seen.has(name)) invalid(probe, `${where}: fetch arg name ${name} used twice`);
+    seen.add(name);
+  }
+  return seen;
+}
+
+function checkUprobe(probe: string, u: UprobeSpec): void {
+  if (!EVENT_NAME_RE.test(u.name)) invalid(probe, `uprobe event name ${JSON.stringify(u.name)} is not an identifier`);
+  const where = `uprobe ${u.name}`;
+  if (u.path.length > MAX_UPROBE_PATH || !UPROBE_PATH_RE.test(u.path) || u.path.split("/").some((p) => p === "." || p === "..")) {
+    invalid(probe, `${where}: path ${JSON.stringify(u.path)} must be an absolute path of [A-Za-z0-9_.+,@=-] names, without . or .. steps`);
+  }
+  if (u.symbol !== "" && !ELF_SYMBOL_RE.test(u.symbol)) invalid(probe, `${where}: symbol ${JSON.stringify(u.symbol)} is not an ELF symbol name`);
+  if (u.symbol === "" && u.offset === 0n) invalid(probe, `${where}: give a symbol, or the file offset of the instruction to probe`);
+  if (u.offset < 0n || u.offset > (u.symbol === "" ? MAX_FILE_OFFSET : 0xffffn)) invalid(probe, `${where}: offset out of range`);
+  if (u.isReturn && u.symbol !== "" && u.offset !== 0n) invalid(probe, `${where}: a return probe goes on a function's first instruction, with no offset past the symbol`);
+  checkFetchArgs(probe, where, u.fetchArgs);
+  checkFilter(probe, where, u.filter);
 }
 
 function checkTracepoint(probe: string, t: TracepointSpec): void {
@@ -65,14 +89,20 @@ export function validateProbeSpec(spec: ProbeSpec): ProbeSpec {
   if (!PROBE_NAME_RE.test(name)) {
     invalid(name, "name must start with a lower-case letter and use only [a-z0-9_], at most 32 characters");
   }
-  const events = spec.kprobes.length + spec.tracepoints.length;
-  if (events === 0) invalid(name, "defines no kprobe and no tracepoint");
+  const events = spec.kprobes.length + spec.uprobes.length + spec.tracepoints.length;
+  if (events === 0) invalid(name, "defines no kprobe, uprobe or tracepoint");
   if (events > MAX_EVENTS_PER_PROBE) invalid(name, `defines ${events} events, at most ${MAX_EVENTS_PER_PROBE}`);
   const kprobeNames = new Set<string>();
   for (const k of spec.kprobes) {
     checkKprobe(name, k);
     if (kprobeNames.has(k.name)) invalid(name, `kprobe event name ${k.name} used twice`);
     kprobeNames.add(k.name);
+  }
+  for (const u of spec.uprobes) {
+    checkUprobe(name, u);
+    // kprobes and uprobes share the probe's event group.
+    if (kprobeNames.has(u.name)) invalid(name, `event name ${u.name} used twice in group ${kprobeGroup(name)}`);
+    kprobeNames.add(u.name);
   }
   const tps = new Set<string>();
   for (const t of spec.tracepoints) {
@@ -103,6 +133,7 @@ export function kprobeGroup(probe: string): string {
 export function specEventNames(spec: ProbeSpec): string[] {
   return [
     ...spec.kprobes.map((k) => `${kprobeGroup(spec.name)}/${k.name}`),
+    ...spec.uprobes.map((u) => `${kprobeGroup(spec.name)}/${u.name}`),
     ...spec.tracepoints.map((t) => `${t.system}/${t.event}`),
   ];
 }
@@ -115,6 +146,7 @@ export function applyProbeOptions(spec: ProbeSpec, options: Readonly<Record<stri
   const out: ProbeSpec = {
     ...spec,
     kprobes: spec.kprobes.map((k) => ({ ...k })),
+    uprobes: spec.uprobes.map((u) => ({ ...u })),
     tracepoints: spec.tracepoints.map((t) => ({ ...t })),
   };
   const int = (k: string, v: string): number => {
@@ -132,7 +164,8 @@ export function applyProbeOptions(spec: ProbeSpec, options: Readonly<Record<stri
       out.flushIntervalMs = int(key, value);
     } else if (key.startsWith("filter.")) {
       const ev = key.slice("filter.".length);
-      const k = out.kprobes.find((x) => x.name === ev || `${kprobeGroup(spec.name)}/${x.name}` === ev);
+      const inGroup = (x: { name: string }): boolean => x.name === ev || `${kprobeGroup(spec.name)}/${x.name}` === ev;
+      const k = out.kprobes.find(inGroup) ?? out.uprobes.find(inGroup);
       const t = out.tracepoints.find((x) => x.event === ev || `${x.system}/${x.event}` === ev || `${x.system}:${x.event}` === ev);
       if (k) k.filter = value;
       else if (t) t.filter = value;

@@ -1,6 +1,6 @@
 /**
  * The probe engine: turns a ProbeSpec into one tracefs instance with its kprobes,
- * tracepoints and filters, and takes it all away again. Every load either
+ * uprobes, tracepoints and filters, and takes it all away again. Every load either
  * completes or leaves nothing behind (rollback), and unload verifies that nothing
  * of the probe is left in tracefs.
  */
@@ -9,6 +9,7 @@ import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { PROBE_NAME_RE, ring, validateProbeSpec } from "@vesper/protocol";
+import { ElfError, resolveElfSymbol } from "./elf-symbols.js";
 import { errnoOf, messageOf, ProbeError } from "./errors.js";
 import { appendText, exists, isErrno, readTextOr, sleep, writeText } from "./fsutil.js";
 import { parsePageLayout, type PageLayout } from "./page-layout.js";
@@ -40,6 +41,8 @@ interface ProbeState {
   readonly group: string;
   /** "group/event" of kprobes this load created, in creation order. */
   readonly kprobes: string[];
+  /** "group/event" of uprobes this load created, in creation order. */
+  readonly uprobes: string[];
   /** Events enabled in the instance. */
   readonly enabled: EventRef[];
   cpus: number[];
@@ -77,7 +80,11 @@ function newEntries(before: readonly string[], after: readonly string[]): string
   return after.filter((e) => !seen.has(e));
 }
 
-/** "p:group/event ..." / "r123:group/event ..." / "-:..." lines of kprobe_events or dynamic_events. */
+/** The two files that define probes on code: kprobe_events and uprobe_events. */
+type DynKind = "kprobe" | "uprobe";
+const DYN_FILE: Record<DynKind, "kprobe_events" | "uprobe_events"> = { kprobe: "kprobe_events", uprobe: "uprobe_events" };
+
+/** "p:group/event ..." / "r123:group/event ..." / "-:..." lines of kprobe_events, uprobe_events or dynamic_events. */
 function parseDynEvent(line: string): { type: string; group: string; event: string } | undefined {
   const m = /^([a-z])\d*:([^/\s]+)\/(\S+)/.exec(line.trim());
   if (!m || m[1] === undefined || m[2] === undefined || m[3] === undefined) return undefined;
@@ -200,6 +207,13 @@ export class ProbeEngine {
         `this kernel has no kprobes (CONFIG_KPROBE_EVENTS: no ${tf.path("kprobe_events")}): cannot create kprobe ${group}/${k.name} on symbol ${k.symbol}`,
       );
     }
+    if (spec.uprobes.length > 0 && !(await tf.hasUprobes())) {
+      const u = spec.uprobes[0]!;
+      throw new ProbeError(
+        R.RESULT_CODE_UNSUPPORTED,
+        `this kernel has no uprobes (CONFIG_UPROBE_EVENTS: no ${tf.path("uprobe_events")}): cannot create uprobe ${group}/${u.name} in ${u.path}`,
+      );
+    }
     for (const t of spec.tracepoints) {
       if (!(await exists(tf.path("events", t.system, t.event)))) {
         throw new ProbeError(
@@ -229,6 +243,7 @@ export class ProbeEngine {
       dir,
       group,
       kprobes: [],
+      uprobes: [],
       enabled: [],
       cpus: [],
       pageSize: 4096,
@@ -248,6 +263,7 @@ export class ProbeEngine {
       await writeText(path.join(dir, "buffer_percent"), "0").catch(() => undefined);
 
       for (const k of spec.kprobes) await this.addKprobe(st, k);
+      for (const u of spec.uprobes) await this.addUprobe(st, u);
 
       const events = eventRefs(spec, group);
       for (const ev of events) {
@@ -281,7 +297,7 @@ export class ProbeEngine {
 
       await this.step(`${instance}: tracing_on`, () => writeText(path.join(dir, "tracing_on"), "1"));
       this.probes.set(probe, st);
-      this.log.info({ probe, instance, kprobes: st.kprobes, events: events.map((e) => `${e.system}:${e.name}`) }, "probe loaded into tracefs");
+      this.log.info({ probe, instance, kprobes: st.kprobes, uprobes: st.uprobes, events: events.map((e) => `${e.system}:${e.name}`) }, "probe loaded into tracefs");
       return {
         instance,
         formats,
@@ -347,6 +363,41 @@ export class ProbeEngine {
     st.kprobes.push(event);
   }
 
+  /** Resolves the symbol in the guest's file, then defines the uprobe at its file offset. */
+  private async addUprobe(st: ProbeState, u: ring.UprobeSpec): Promise<void> {
+    const tf = this.tracefs;
+    const event = `${st.group}/${u.name}`;
+    let offset = u.offset;
+    if (u.symbol !== "") {
+      try {
+        offset += (await resolveElfSymbol(u.path, u.symbol)).fileOffset;
+      } catch (err) {
+        if (!(err instanceof ElfError)) throw err;
+        const code = err.code === "UNSUPPORTED" ? R.RESULT_CODE_UNSUPPORTED : R.RESULT_CODE_KERNEL_REFUSED;
+        throw new ProbeError(code, `uprobe ${event}: ${err.message}`, { cause: err });
+      }
+    }
+    const where = `${u.path}:0x${offset.toString(16)}`;
+    const def = `${u.isReturn ? "r" : "p"}:${event} ${where}${u.fetchArgs.map((a) => ` ${a}`).join("")}`;
+    const before = await tf.errorLog();
+    try {
+      await appendText(tf.path(DYN_FILE.uprobe), `${def}\n`);
+    } catch (err) {
+      const errno = errnoOf(err);
+      const kernelLog = kernelLines(newEntries(before, await tf.errorLog()));
+      if (errno === "EEXIST") {
+        throw new ProbeError(R.RESULT_CODE_ALREADY_LOADED, `uprobe ${event} already exists (left by an earlier run: cleanupStale removes it)`, { cause: err, errno, kernelLog });
+      }
+      const at = u.symbol === "" ? where : `${u.symbol}${u.offset > 0n ? `+${u.offset}` : ""} (${where})`;
+      throw new ProbeError(R.RESULT_CODE_KERNEL_REFUSED, `the kernel refused uprobe ${event} on ${at} (${errno ?? messageOf(err)}): ${def}`, {
+        cause: err,
+        errno,
+        kernelLog,
+      });
+    }
+    st.uprobes.push(event);
+  }
+
   private async setFilter(st: ProbeState, ev: EventRef): Promise<void> {
     const tf = this.tracefs;
     const file = path.join(st.dir, "events", ev.system, ev.name, "filter");
@@ -378,9 +429,11 @@ export class ProbeEngine {
     const missing: string[] = [];
     if (!(await exists(dir))) missing.push(`instance ${tf.instanceName(probe)}`);
     const kprobes = spec.kprobes.map((k) => `${group}/${k.name}`);
-    if (missing.length === 0 && kprobes.length > 0) {
-      const have = new Set((await tf.kprobeEvents()).map(parseDynEvent).flatMap((p) => (p === undefined ? [] : [`${p.group}/${p.event}`])));
-      for (const k of kprobes) if (!have.has(k)) missing.push(`kprobe ${k}`);
+    const uprobes = spec.uprobes.map((u) => `${group}/${u.name}`);
+    for (const [kind, events] of [["kprobe", kprobes], ["uprobe", uprobes]] as const) {
+      if (missing.length > 0 || events.length === 0) continue;
+      const have = new Set((await tf.dynEvents(DYN_FILE[kind])).map(parseDynEvent).flatMap((p) => (p === undefined ? [] : [`${p.group}/${p.event}`])));
+      for (const e of events) if (!have.has(e)) missing.push(`${kind} ${e}`);
     }
     const enabled = eventRefs(spec, group);
     if (missing.length === 0) {
@@ -399,6 +452,7 @@ export class ProbeEngine {
       dir,
       group,
       kprobes,
+      uprobes,
       enabled,
       cpus: await tf.cpus(dir),
       pageSize: await tf.pageSize(dir),
@@ -450,28 +504,31 @@ export class ProbeEngine {
       await writeText(path.join(st.dir, "events", ev.system, ev.name, "enable"), "0").catch((e: unknown) => note(`disable ${ev.system}:${ev.name}`, e));
     }
     for (const kp of [...st.kprobes].reverse()) {
-      await this.removeKprobe(kp).catch((e: unknown) => note(`remove kprobe ${kp}`, e));
+      await this.removeDynEvent("kprobe", kp).catch((e: unknown) => note(`remove kprobe ${kp}`, e));
+    }
+    for (const up of [...st.uprobes].reverse()) {
+      await this.removeDynEvent("uprobe", up).catch((e: unknown) => note(`remove uprobe ${up}`, e));
     }
     await this.rmdirInstance(st.dir).catch((e: unknown) => note(`rmdir ${st.instance}`, e));
     return problems;
   }
 
-  private async removeKprobe(event: string): Promise<void> {
+  private async removeDynEvent(kind: DynKind, event: string): Promise<void> {
     // EBUSY while something still has it enabled (e.g. an instance being torn down): retry briefly.
     for (let attempt = 0; ; attempt++) {
       try {
-        await appendText(this.tracefs.path("kprobe_events"), `-:${event}\n`);
+        await appendText(this.tracefs.path(DYN_FILE[kind]), `-:${event}\n`);
         return;
       } catch (err) {
-        if (isErrno(err, "ENOENT") && !(await this.kprobeExists(event))) return;
+        if (isErrno(err, "ENOENT") && !(await this.dynEventExists(kind, event))) return;
         if (!isErrno(err, "EBUSY") || attempt >= 10) throw err;
         await sleep(20 * (attempt + 1));
       }
     }
   }
 
-  private async kprobeExists(event: string): Promise<boolean> {
-    return (await this.tracefs.kprobeEvents()).some((l) => {
+  private async dynEventExists(kind: DynKind, event: string): Promise<boolean> {
+    return (await this.tracefs.dynEvents(DYN_FILE[kind])).some((l) => {
       const p = parseDynEvent(l);
       return p !== undefined && `${p.group}/${p.event}` === event;
     });
@@ -506,10 +563,16 @@ export class ProbeEngine {
     const instance = tf.instanceName(probe);
     if ((await tf.instances().catch((): string[] => [])).includes(instance)) out.push(`instances/${instance}`);
     const group = tf.kprobeGroup(probe);
-    const lines = new Set([...(await tf.kprobeEvents()), ...(await tf.dynamicEvents())]);
-    for (const l of lines) {
+    for (const kind of ["kprobe", "uprobe"] as const) {
+      for (const l of await tf.dynEvents(DYN_FILE[kind])) {
+        const p = parseDynEvent(l);
+        if (p !== undefined && p.group === group) out.push(`${kind} ${p.group}/${p.event}`);
+      }
+    }
+    // dynamic_events lists both again (and other kinds); anything of the group there counts too.
+    for (const l of await tf.dynamicEvents()) {
       const p = parseDynEvent(l);
-      if (p !== undefined && p.group === group) out.push(`kprobe ${p.group}/${p.event}`);
+      if (p !== undefined && p.group === group && !out.some((o) => o.endsWith(` ${p.group}/${p.event}`))) out.push(`event ${p.group}/${p.event}`);
     }
     return [...new Set(out)];
   }
@@ -523,10 +586,13 @@ export class ProbeEngine {
       await this.removeInstance(dir).catch((e: unknown) => problems.push(`rmdir ${path.basename(dir)}: ${messageOf(e)}`));
     }
     const group = tf.kprobeGroup(probe);
-    for (const l of await tf.kprobeEvents()) {
-      const p = parseDynEvent(l);
-      if (p === undefined || p.group !== group) continue;
-      await this.removeKprobe(`${p.group}/${p.event}`).catch((e: unknown) => problems.push(`remove kprobe ${p.group}/${p.event}: ${errnoOf(e) ?? messageOf(e)}`));
+    for (const kind of ["kprobe", "uprobe"] as const) {
+      for (const l of await tf.dynEvents(DYN_FILE[kind])) {
+        const p = parseDynEvent(l);
+        if (p === undefined || p.group !== group) continue;
+        const event = `${p.group}/${p.event}`;
+        await this.removeDynEvent(kind, event).catch((e: unknown) => problems.push(`remove ${kind} ${event}: ${errnoOf(e) ?? messageOf(e)}`));
+      }
     }
     return problems;
   }
@@ -556,18 +622,20 @@ export class ProbeEngine {
       }
     }
     const groupPrefix = `${tf.groupPrefix}_`;
-    for (const line of await tf.kprobeEvents()) {
-      const p = parseDynEvent(line);
-      if (p === undefined || !p.group.startsWith(groupPrefix)) continue;
-      const probe = p.group.slice(groupPrefix.length);
-      if (!PROBE_NAME_RE.test(probe) || this.probes.has(probe)) continue;
-      const event = `${p.group}/${p.event}`;
-      try {
-        await appendText(tf.path("kprobe_events"), `-:${event}\n`);
-        removed.push(`kprobe ${event}`);
-      } catch (err) {
-        // EBUSY: enabled somewhere, i.e. in use by someone (e.g. another frontend whose prefix extends ours).
-        this.log.warn({ kprobe: event, err: errnoOf(err) ?? messageOf(err) }, "cannot remove a stale kprobe");
+    for (const kind of ["kprobe", "uprobe"] as const) {
+      for (const line of await tf.dynEvents(DYN_FILE[kind])) {
+        const p = parseDynEvent(line);
+        if (p === undefined || !p.group.startsWith(groupPrefix)) continue;
+        const probe = p.group.slice(groupPrefix.length);
+        if (!PROBE_NAME_RE.test(probe) || this.probes.has(probe)) continue;
+        const event = `${p.group}/${p.event}`;
+        try {
+          await appendText(tf.path(DYN_FILE[kind]), `-:${event}\n`);
+          removed.push(`${kind} ${event}`);
+        } catch (err) {
+          // EBUSY: enabled somewhere, i.e. in use by someone (e.g. another frontend whose prefix extends ours).
+          this.log.warn({ [kind]: event, err: errnoOf(err) ?? messageOf(err) }, `cannot remove a stale ${kind}`);
+        }
       }
     }
     if (removed.length > 0) this.log.info({ removed }, "removed stale probes from tracefs");
@@ -599,10 +667,11 @@ async function wakeReaders(dir: string, cpus: readonly number[]): Promise<void> 
   );
 }
 
-/** The events a probe enables: its kprobes (in the probe's own group), then its tracepoints. */
+/** The events a probe enables: its kprobes and uprobes (in the probe's own group), then its tracepoints. */
 function eventRefs(spec: ring.ProbeSpec, group: string): EventRef[] {
   return [
     ...spec.kprobes.map((k) => ({ system: group, name: k.name, filter: k.filter })),
+    ...spec.uprobes.map((u) => ({ system: group, name: u.name, filter: u.filter })),
     ...spec.tracepoints.map((t) => ({ system: t.system, name: t.event, filter: t.filter })),
   ];
 }

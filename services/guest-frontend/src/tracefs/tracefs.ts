@@ -132,6 +132,10 @@ export class Tracefs {
     return exists(this.path("kprobe_events"));
   }
 
+  hasUprobes(): Promise<boolean> {
+    return exists(this.path("uprobe_events"));
+  }
+
   /** CPUs that have a ring buffer and are online, ascending. */
   async cpus(dir: string = this.root): Promise<number[]> {
     let entries: string[];
@@ -163,7 +167,7 @@ export class Tracefs {
     const cpus = await this.cpus();
     return {
       kprobes: await this.hasKprobes(),
-      uprobes: await exists(this.path("uprobe_events")),
+      uprobes: await this.hasUprobes(),
       btf: await exists("/sys/kernel/btf/vmlinux"),
       cpus: cpus.length > 0 ? Math.max(...cpus) + 1 : os.availableParallelism(),
       tracepoints: available
@@ -197,14 +201,18 @@ export class Tracefs {
   }
 
   /** Lines of kprobe_events (or [] if the kernel has none). */
-  async kprobeEvents(): Promise<string[]> {
-    const text = await readTextOr(this.path("kprobe_events"), "");
+  kprobeEvents(): Promise<string[]> {
+    return this.dynEvents("kprobe_events");
+  }
+
+  /** Lines of a file of dynamic event definitions (kprobe_events, uprobe_events, dynamic_events), or [] if there is none. */
+  async dynEvents(file: "kprobe_events" | "uprobe_events" | "dynamic_events"): Promise<string[]> {
+    const text = await readTextOr(this.path(file), "");
     return text.split("\n").filter((l) => l.trim() !== "");
   }
 
-  async dynamicEvents(): Promise<string[]> {
-    const text = await readTextOr(this.path("dynamic_events"), "");
-    return text.split("\n").filter((l) => l.trim() !== "");
+  dynamicEvents(): Promise<string[]> {
+    return this.dynEvents("dynamic_events");
   }
 
   async instances(): Promise<string[]> {
