@@ -98,6 +98,13 @@ export function buildLoad(runDir: string): string {
   return out;
 }
 
+/** Compiles bench/load/tick.c (bench/scale's simulated service, whose function each guest's uprobe probes). */
+export function buildTick(runDir: string): string {
+  const out = path.join(runDir, "vtick");
+  execFileSync("gcc", ["-O1", "-o", out, path.join(REPO_ROOT, "bench/load/tick.c")]);
+  return out;
+}
+
 /** Copies a small host file into the guest through the console (base64 in chunks). */
 export async function pushFile(guest: QemuGuest, local: string, remote: string, mode = "755"): Promise<void> {
   const b64 = readFileSync(local).toString("base64");

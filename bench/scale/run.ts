@@ -1,23 +1,29 @@
 /**
  * Host scale: N guests on one set of host services over NATS. Each "guest" is a guest frontend
  * running as a host process (dist/guest-frontend.mjs --transport nats) probing this host's own
- * kernel, with its own probe: signal:signal_generate filtered on a comm unique to the guest
- * (a parked `sleep` copy named vsc<i>). Each guest fires --rate events/s (a SIGCONT to its
- * parked process: one syscall, no fork). One gRPC WatchEvents client watches every guest;
- * latency = arrival at the watcher - the tracepoint's timestamp (same clock: exact).
+ * kernel, with its own probe on its own parked process vsc<i>, which --rate times a second gets
+ * a signal (one syscall, no fork). One gRPC WatchEvents client watches every guest;
+ * latency = arrival at the watcher - the event's kernel timestamp (same clock: exact).
  *
- *   node --import tsx bench/scale/run.ts [--sizes 1,10,100] [--rate 2] [--seconds 20] [--profile DIR] [--result-name scale]
+ * --source tracepoint (the default): vsc<i> is a copy of sleep, the probe signal:signal_generate
+ * filtered on comm vsc<i>. In this one kernel every signal then runs all N instances' filters (N²
+ * work at N guests, which real guests, each with its own kernel, never do).
+ * --source uprobe: vsc<i> is a copy of
+ * bench/load/tick.c whose SIGUSR1 handler calls vesper_tick(); guest i's probe is a uprobe on
+ * vesper_tick in its own copy, so a hit fires that guest's probe alone, as in separate kernels.
+ *
+ *   node --import tsx bench/scale/run.ts [--sizes 1,10,100] [--rate 2] [--seconds 20] [--source uprobe|tracepoint] [--profile DIR] [--result-name scale]
  *
  * Reported per size: host CPU (host services = vesper-host + nats-server; frontends apart, since
  * in production they run inside the guests), host services' memory and its growth per guest,
  * frontend RSS, p50/p99 latency.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { copyFileSync, readFileSync } from "node:fs";
+import { appendFileSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { startStack } from "../lib/stack.js";
+import { buildTick, startStack } from "../lib/stack.js";
 import { waitFor } from "../../test/harness/wait.js";
 import { argOf, lineChart, machineLine, median, percentile, REPO_ROOT, table, writeResult } from "../lib/report.js";
 
@@ -32,6 +38,10 @@ const TICK = Number(process.env.SC_CLK_TCK ?? 100);
 const PROFILE_DIR = argOf("--profile", "");
 /** --result-name NAME: write bench/results/NAME.md and .svg (default scale), e.g. for a run at another rate. */
 const RESULT_NAME = argOf("--result-name", "scale") ?? "scale";
+const SOURCE = argOf("--source", "tracepoint");
+if (SOURCE !== "uprobe" && SOURCE !== "tracepoint") throw new Error(`--source ${SOURCE}: expected uprobe or tracepoint`);
+/** What each guest's probe produces, and the signal that makes its process produce it. */
+const EVENT = SOURCE === "uprobe" ? { matches: (name: string) => name.endsWith("/tick"), signal: "SIGUSR1" as const } : { matches: (name: string) => name === "signal/signal_generate", signal: "SIGCONT" as const };
 const ARGS = process.argv.slice(2).join(" ");
 const profileArgs = (name: string): string[] => (PROFILE_DIR ? ["--cpu-prof", `--cpu-prof-dir=${path.join(PROFILE_DIR, name)}`] : []);
 
@@ -80,15 +90,64 @@ interface SizeResult {
   missing: number;
 }
 
+/**
+ * Removes what an earlier, interrupted run of this bench left in tracefs (its frontends were
+ * killed before they unloaded): instances vesper_s<i>-s<i> and their uprobes. Left there, every
+ * signal would still run their filters and every tracefs open walk them, skewing this run.
+ */
+function sweepEarlierRuns(): void {
+  const root = "/sys/kernel/tracing";
+  if (!existsSync(path.join(root, "instances"))) return;
+  const mine = /^vesper_s\d+-s\d+$/;
+  let removed = 0;
+  for (const name of readdirSync(path.join(root, "instances")).filter((d) => mine.test(d))) {
+    const dir = path.join(root, "instances", name);
+    try {
+      writeFileSync(path.join(dir, "tracing_on"), "0");
+      writeFileSync(path.join(dir, "set_event"), ""); // disables every event of the instance
+      rmdirSync(dir);
+      removed++;
+    } catch (err) {
+      // ENOENT: a still-exiting frontend of that run removed it meanwhile.
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") console.warn(`  cannot remove ${dir}: ${(err as Error).message}`);
+    }
+  }
+  const uprobes = path.join(root, "uprobe_events");
+  if (existsSync(uprobes)) {
+    for (const line of readFileSync(uprobes, "utf8").split("\n")) {
+      const ev = /^[pr]:(vesper_s\d+_s\d+\/\S+)/.exec(line)?.[1];
+      if (ev === undefined) continue;
+      try {
+        appendFileSync(uprobes, `-:${ev}\n`);
+        removed++;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "ENOENT") console.warn(`  cannot remove uprobe ${ev}: ${(err as Error).message}`);
+      }
+    }
+  }
+  if (removed > 0) console.log(`  removed ${removed} tracefs instances and uprobes an interrupted earlier run left`);
+}
+
 async function runSize(n: number): Promise<SizeResult> {
+  sweepEarlierRuns();
+  // The parked processes' binaries: one copy per guest (own comm; for uprobes, own inode).
+  const binDir = mkdtempSync("/tmp/vesper-scale-bin-");
+  const source = SOURCE === "uprobe" ? buildTick(binDir) : "/bin/sleep";
+  const bins: string[] = [];
   const probes: Record<string, object> = {};
   for (let i = 0; i < n; i++) {
-    probes[`s${i}`] = {
-      description: "bench: signals to this guest's parked process",
-      tracepoints: [{ system: "signal", event: "signal_generate", filter: `comm == "vsc${i}"` }],
-      delivery: "urgent",
-      bufferKbPerCpu: 64,
-    };
+    const bin = path.join(binDir, `vsc${i}`);
+    copyFileSync(source, bin);
+    bins.push(bin);
+    probes[`s${i}`] =
+      SOURCE === "uprobe"
+        ? { description: "bench: this guest's service ticking", uprobes: [{ name: "tick", path: bin, symbol: "vesper_tick" }], delivery: "urgent", bufferKbPerCpu: 64 }
+        : {
+            description: "bench: signals to this guest's parked process",
+            tracepoints: [{ system: "signal", event: "signal_generate", filter: `comm == "vsc${i}"` }],
+            delivery: "urgent",
+            bufferKbPerCpu: 64,
+          };
   }
   // A heartbeat every 10 s at every size: at 2 s (the default) 1,000 guests are 500 heartbeat
   // exchanges a second, which here would also cost the simulated guests' share of the 2 cores.
@@ -101,10 +160,19 @@ async function runSize(n: number): Promise<SizeResult> {
   try {
     await sleep(1000);
     const hostRssBaseMb = rssMb(hostPid) + rssMb(natsPid);
-    for (let i = 0; i < n; i++) {
-      const bin = path.join(stack.runDir, `vsc${i}`);
-      copyFileSync("/bin/sleep", bin);
-      targets.push(spawn(bin, ["100000"], { stdio: "ignore" }));
+    for (const bin of bins) {
+      const t = spawn(bin, ["100000"], { stdio: ["ignore", "pipe", "ignore"] });
+      targets.push(t);
+      // A tick process must have its handler in place before the first SIGUSR1 (else it dies).
+      if (SOURCE === "uprobe") {
+        await new Promise<void>((resolve, reject) => {
+          t.stdout!.once("data", () => {
+            t.stdout!.destroy(); // it writes nothing more; 1,000 open pipes would crowd the fd limit
+            resolve();
+          });
+          t.once("exit", (code) => reject(new Error(`${bin} exited with ${code}`)));
+        });
+      }
     }
     // The frontends, PER_PROCESS to a process (each urgent reader holds a pool thread per CPU).
     for (let first = 0; first < n; first += PER_PROCESS) {
@@ -145,7 +213,7 @@ async function runSize(n: number): Promise<SizeResult> {
       try {
         for await (const res of stream) {
           const at = process.hrtime.bigint();
-          if (res.kind?.$case !== "event" || res.kind.value.event !== "signal/signal_generate") continue;
+          if (res.kind?.$case !== "event" || !EVENT.matches(res.kind.value.event)) continue;
           if (!measuring) continue;
           got++;
           lat.push(Number(at - res.kind.value.ts) / 1e6);
@@ -166,7 +234,7 @@ async function runSize(n: number): Promise<SizeResult> {
         const due = t0 + k * interval;
         const wait = due - performance.now();
         if (wait > 1) await sleep(wait);
-        targets[next]!.kill("SIGCONT");
+        targets[next]!.kill(EVENT.signal);
         if (measuring) fired++;
         next = (next + 1) % n;
         k++;
@@ -217,7 +285,8 @@ async function runSize(n: number): Promise<SizeResult> {
         (f) =>
           new Promise<void>((r) => {
             if (f.exitCode !== null) return r();
-            const t = setTimeout(() => (f.kill("SIGKILL"), r()), 10_000);
+            // Unloading 50 probes takes a while on a busy machine; a SIGKILL would leave them in tracefs.
+            const t = setTimeout(() => (f.kill("SIGKILL"), r()), 60_000);
             f.once("exit", () => (clearTimeout(t), r()));
             f.kill("SIGTERM");
           }),
@@ -225,6 +294,7 @@ async function runSize(n: number): Promise<SizeResult> {
     );
     for (const t of targets) t.kill("SIGKILL");
     await stack.stop();
+    rmSync(binDir, { recursive: true, force: true });
   }
 }
 
@@ -267,7 +337,7 @@ async function main(): Promise<void> {
       : `Command: \`node --import tsx bench/scale/run.ts ${ARGS}\``,
     "",
     machineLine(),
-    `Each guest = a guest frontend on the host over NATS with its own probe (signal_generate filtered on its own parked process), firing ${RATE} events/s; ` +
+    `Each guest = a guest frontend on the host over NATS with its own probe (${SOURCE === "uprobe" ? "a uprobe on vesper_tick in its own copy of bench/load/tick.c, hit by each SIGUSR1 to that process" : "signal_generate filtered on its own parked process"}), firing ${RATE} events/s; ` +
       `${SECONDS} s measured after a 3 s warm-up; one gRPC watcher on all guests; heartbeat (idle hold) every ${IDLE_HOLD_MS / 1000} s. Host services = vesper-host (loader, listener, gateway, bridge in one process) + nats-server (JetStream). ` +
       "The frontends share the same 2 cores (in production they run in the guests), so the latency at 100 includes their CPU contention.",
     "",
@@ -275,7 +345,7 @@ async function main(): Promise<void> {
     "",
     `- missing events (fired during the window but not seen): ${results.map((r) => `${r.n}: ${r.missing}`).join(", ")}`,
     `- where the ${os.cpus().length * 100} % of this machine went at ${last.n} guests: host services ${last.hostCpuPct.toFixed(0)} % (nats-server ${last.natsCpuPct.toFixed(0)} of it), ` +
-      `simulated guests ${last.feCpuPct.toFixed(0)} %, load generator ${last.loadCpuPct.toFixed(0)} % (its kill() runs every instance's signal_generate filter in this one kernel), ` +
+      `simulated guests ${last.feCpuPct.toFixed(0)} %, load generator ${last.loadCpuPct.toFixed(0)} % (${SOURCE === "uprobe" ? "its kill()s; the uprobe hits run in the tick processes, counted only in the machine's total" : "its kill() runs every instance's signal_generate filter in this one kernel"}), ` +
       `all busy ${last.machineBusyPct.toFixed(0)} %.`,
     `- ${fitsNote}`,
   ].join("\n");
