@@ -2,7 +2,9 @@
  * What a user sees when a load goes wrong in a real guest kernel (Debian 6.1,
  * kprobes available): a symbol or a filter the kernel refuses comes back with the
  * kernel's own error_log lines, nothing is left behind, a second load of the same
- * probe is refused, and a guest that went away is reported offline.
+ * probe is refused, and a guest that went away is reported offline. Also uprobes in
+ * that kernel: one on a function of the guest's own (stripped) node binary fires, and
+ * a stripped file or a missing one is refused by name.
  */
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
@@ -26,6 +28,14 @@ before(async () => {
   writeFileSync(path.join(probeDir, "badsym.json"), JSON.stringify({ name: "badsym", kprobes: [{ name: "x", symbol: "no_such_kernel_function", fetchArgs: ["a=%di:u64"] }] }));
   writeFileSync(path.join(probeDir, "badfilter.json"), JSON.stringify({ name: "badfilter", tracepoints: [{ system: "sched", event: "sched_process_exit", filter: "no_such_field == 1" }] }));
   writeFileSync(path.join(probeDir, "notp.json"), JSON.stringify({ name: "notp", tracepoints: [{ system: "sched", event: "no_such_event" }] }));
+  // node in the guest is stripped: uv_version_string is found in its .dynsym. Every node process
+  // calls it once at start (process.versions.uv).
+  writeFileSync(
+    path.join(probeDir, "nodestart.json"),
+    JSON.stringify({ name: "nodestart", uprobes: [{ name: "start", path: "/usr/bin/node", symbol: "uv_version_string", fetchArgs: ["comm=$comm"] }] }),
+  );
+  writeFileSync(path.join(probeDir, "stripped.json"), JSON.stringify({ name: "stripped", uprobes: [{ name: "main", path: "/bin/busybox", symbol: "main" }] }));
+  writeFileSync(path.join(probeDir, "nofile.json"), JSON.stringify({ name: "nofile", uprobes: [{ name: "x", path: "/usr/sbin/no-such-daemon", symbol: "main" }] }));
   host = await HostProcess.start({ runDir, probeDir });
   client = new VesperApiClient(host.address!, { timeoutMs: 60_000 });
   guest = await QemuGuest.start({ name: guestId, runDir });
@@ -41,6 +51,7 @@ after(async () => {
 async function tracefsClean(): Promise<void> {
   assert.equal((await guest.exec("ls /sys/kernel/tracing/instances")).output.trim(), "");
   assert.equal((await guest.exec("cat /sys/kernel/tracing/kprobe_events")).output.trim(), "");
+  assert.equal((await guest.exec("cat /sys/kernel/tracing/uprobe_events")).output.trim(), "");
 }
 
 const refused = (code: ErrorCode, re: RegExp) => (err: unknown) => {
@@ -62,6 +73,42 @@ test("a filter on a field the event lacks is refused, with the kernel's reason",
 
 test("a tracepoint the kernel lacks is named", { timeout: 120_000 }, async () => {
   await assert.rejects(client.insmod({ guest: guestId, probe: "notp", options: {} }), refused(ErrorCode.Unsupported, /no_such_event/));
+  await tracefsClean();
+});
+
+test("a uprobe on a function of the guest's stripped node binary fires when a node process starts; rmmod leaves nothing", { timeout: 180_000 }, async () => {
+  const loaded = await client.insmod({ guest: guestId, probe: "nodestart", options: {} });
+  assert.deepEqual(loaded.events, ["vesper_nodestart/start"]);
+  assert.match((await guest.exec("cat /sys/kernel/tracing/uprobe_events")).output, /^p:vesper_nodestart\/start \/usr\/bin\/node:0x[0-9a-f]+ comm=\$comm/m);
+  const abort = new AbortController();
+  const stream = client.watch({ guest: guestId, probe: "nodestart" }, { signal: abort.signal });
+  await stream.ready;
+  // Started under another name (comm "vnode"), so its event cannot be the agent's own.
+  const run = guest.exec("ln -sf /usr/bin/node /tmp/vnode && /tmp/vnode -e 0; echo status=$?", { timeoutMs: 60_000 });
+  let comm: string | undefined;
+  const timer = setTimeout(() => abort.abort(), 120_000);
+  try {
+    for await (const res of stream) {
+      if (res.kind?.$case !== "event") continue;
+      const f = res.kind.value.fields.comm?.kind;
+      if (f?.$case === "str" && f.value === "vnode") {
+        comm = f.value;
+        break;
+      }
+    }
+  } finally {
+    clearTimeout(timer);
+    stream.cancel();
+  }
+  assert.match((await run).output, /status=0/);
+  assert.equal(comm, "vnode", "the uprobe fired in the node process started in the guest");
+  await client.rmmod({ guest: guestId, probe: "nodestart", flags: 0 });
+  await tracefsClean();
+});
+
+test("a uprobe on a stripped file without the symbol, or on a missing file, is refused by name and leaves nothing", { timeout: 120_000 }, async () => {
+  await assert.rejects(client.insmod({ guest: guestId, probe: "stripped", options: {} }), refused(ErrorCode.KernelRefused, /\/bin\/busybox has no function main .*file offset/));
+  await assert.rejects(client.insmod({ guest: guestId, probe: "nofile", options: {} }), refused(ErrorCode.KernelRefused, /no-such-daemon: ENOENT/));
   await tracefsClean();
 });
 
