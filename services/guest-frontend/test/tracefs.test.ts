@@ -6,7 +6,9 @@
 process.env.UV_THREADPOOL_SIZE ??= "16";
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
+import os from "node:os";
+import path from "node:path";
 import fs from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { ErrorCode, ring } from "@vesper/protocol";
@@ -37,7 +39,7 @@ async function ours(): Promise<string[]> {
       return "";
     }
   };
-  const dyn = [...read("kprobe_events").split("\n"), ...read("dynamic_events").split("\n")].filter((l) => l.includes(PREFIX));
+  const dyn = [...read("kprobe_events").split("\n"), ...read("uprobe_events").split("\n"), ...read("dynamic_events").split("\n")].filter((l) => l.includes(PREFIX));
   return [...inst, ...dyn];
 }
 
@@ -344,6 +346,32 @@ describe("ProbeEngine", () => {
     fs.mkdirSync(`${tf.root}/instances/${PREFIX}-stale2`);
     const removed = await engine.cleanupStale();
     assert.deepEqual(removed.sort(), [`instances/${PREFIX}-stale`, `instances/${PREFIX}-stale2`]);
+    assert.deepEqual(await ours(), []);
+  });
+
+  test("a uprobe: defined at the symbol's file offset, adopted by a new engine, and removed by a fresh engine's cleanupStale", async (t) => {
+    if (!(await tf.hasUprobes())) return t.skip("this kernel has no uprobe_events");
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vesper-uprobe-"));
+    t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const bin = path.join(dir, "tick");
+    fs.writeFileSync(`${bin}.c`, "__attribute__((noinline)) int vesper_t_tick(int n) { __asm__ volatile(\"\"); return n + 1; }\nint main(void) { return vesper_t_tick(0) - 1; }\n");
+    execFileSync("gcc", ["-O1", "-o", bin, `${bin}.c`]);
+    const nm = execFileSync("nm", [bin], { encoding: "utf8" });
+    assert.match(nm, /vesper_t_tick/);
+    const up = { name: "tick", path: bin, symbol: "vesper_t_tick", offset: 0n, fetchArgs: ["n=%di:s32"], isReturn: false, filter: "" };
+    const s = spec({ name: "ut", uprobes: [up] });
+    const loaded = await engine.load(s);
+    assert.deepEqual(loaded.formats.map((f) => `${f.system}/${f.name}`), [`${tf.kprobeGroup("ut")}/tick`]);
+    const line = fs.readFileSync(tf.path("uprobe_events"), "utf8").split("\n").find((l) => l.includes(`${tf.kprobeGroup("ut")}/tick`));
+    assert.match(line ?? "", new RegExp(`^p:${tf.kprobeGroup("ut")}/tick ${bin}:0x[0-9a-f]+ n=%di:s32$`));
+    // Another frontend process (after a restart) takes it over: instance, uprobe, enabled event are all there.
+    const next = new ProbeEngine(tf);
+    assert.deepEqual(await next.adopt(s), { cpus: loaded.cpus, pageSize: loaded.pageSize });
+    // A frontend that knows nothing of it finds it stale and removes instance and uprobe alike.
+    const removed = await new ProbeEngine(tf).cleanupStale();
+    assert.deepEqual(removed.sort(), [`instances/${tf.instanceName("ut")}`, `uprobe ${tf.kprobeGroup("ut")}/tick`]);
+    assert.deepEqual(await ours(), []);
+    await engine.unload("ut"); // what it had is gone: its teardown finds nothing left
     assert.deepEqual(await ours(), []);
   });
 

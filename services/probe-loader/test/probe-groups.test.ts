@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { createLogger, ring, specEventNames, validateProbeSpec } from "@vesper/protocol";
-import { AgentWatch, builtinProbeDocs, missingRequirements, ProbeLibrary } from "../src/index.js";
+import { AgentWatch, builtinProbeDocs, missingRequirements, parseProbeFile, ProbeLibrary } from "../src/index.js";
 
 const caps = (over: Partial<ring.Capabilities> = {}): ring.Capabilities => ({
   kprobes: true,
@@ -49,6 +49,12 @@ test("missingRequirements names every missing tracepoint and the lack of kprobes
   // No tracepoint list in Hello: the guest's own checks decide.
   assert.deepEqual(missingRequirements(lib.get("network").spec, caps()), []);
   assert.deepEqual(missingRequirements(memory, undefined), []);
+});
+
+test("missingRequirements names the lack of uprobes, with each uprobe and its file", () => {
+  const spec = parseProbeFile(JSON.stringify({ name: "ticks", uprobes: [{ name: "tick", path: "/opt/app/bin/app", symbol: "tick" }] }), "ticks.json");
+  assert.deepEqual(missingRequirements(spec, caps({ uprobes: true })), []);
+  assert.deepEqual(missingRequirements(spec, caps({ uprobes: false })), ["uprobes (CONFIG_UPROBE_EVENTS), needed for vesper_ticks/tick in /opt/app/bin/app"]);
 });
 
 test("agent loss: reported once after lostAfterMs of silence, back once on the next message", () => {
