@@ -4,3 +4,4 @@ export * from "./events-stream.js";
 export * from "./nats-connect.js";
 export * from "./probe-store.js";
 export * from "./live-feed.js";
+export * from "./keyed-serial.js";

@@ -27,7 +27,7 @@ import {
   VesperError,
   type Logger,
 } from "@vesper/protocol";
-import { ensureEventsStream, serve, type LiveFeed, type ProbeStore } from "@vesper/host-common";
+import { ensureEventsStream, KeyedSerial, serve, type LiveFeed, type ProbeStore } from "@vesper/host-common";
 import { CommCache } from "./comm-cache.js";
 import { EventPublisher } from "./event-publisher.js";
 import { toApiEvent } from "./event-mapper.js";
@@ -158,6 +158,8 @@ const MAX_RUN_PAGE_SIZE = 64 * 1024;
  * of its window waits): a quarter of the frontend's default window.
  */
 const ACK_SOON_PAGES = 256;
+/** Data messages of one guest waiting for its earlier ones; past this the guest's newest are dropped (counted as over quota; the frontend sends unacknowledged pages again). */
+const MAX_QUEUED_PER_GUEST = 1024;
 
 /**
  * The pages of a data message: its single pages, then each run's, cut out of the run's
@@ -191,6 +193,8 @@ export class ProbeListener {
   private publisher!: EventPublisher;
   private lastWarn = new Map<string, number>();
   private readonly quotas = new Map<string, ByteQuota>();
+  /** Each guest's data messages in order; guests side by side. */
+  private readonly inOrder = new KeyedSerial();
 
   constructor(private readonly o: ProbeListenerOptions) {}
 
@@ -210,9 +214,17 @@ export class ProbeListener {
     this.subs.push(data);
     void (async () => {
       for await (const m of data) {
-        // Nothing a guest sends may end this loop: it serves every guest.
-        await this.onData(m.subject, m.data).catch((err: unknown) =>
-          this.warn("internal", { subject: m.subject, err: (err as Error).message }, "data message failed"),
+        // One subscription serves every guest. A message waits only for its own guest's earlier
+        // ones (their order is the pages' order): awaiting each JetStream round trip here made
+        // 1,000 guests queue behind one another. Nothing a guest sends may end this loop.
+        const { subject } = m;
+        const bytes = m.data;
+        if (this.inOrder.pending(subject) >= MAX_QUEUED_PER_GUEST) {
+          this.dropBacklogged(subject, bytes.length);
+          continue;
+        }
+        void this.inOrder.run(subject, () => this.onData(subject, bytes)).catch((err: unknown) =>
+          this.warn("internal", { subject, err: (err as Error).message }, "data message failed"),
         );
       }
     })();
@@ -302,6 +314,15 @@ export class ProbeListener {
     if ((this.lastWarn.get(key) ?? 0) + 1000 > now) return;
     this.lastWarn.set(key, now);
     this.o.log.warn(obj, msg);
+  }
+
+  private dropBacklogged(subject: string, bytes: number): void {
+    const guest = guestOfRingSubject(subject);
+    if (guest === undefined) return;
+    const c = this.counts(guest);
+    c.messages++;
+    c.overQuota++;
+    this.warn(`${guest}/backlog`, { guest, bytes, queued: MAX_QUEUED_PER_GUEST, dropped: c.overQuota }, "guest's data backlog is full: dropping (its frontend sends unacknowledged pages again)");
   }
 
   private async onData(subject: string, bytes: Uint8Array): Promise<void> {
