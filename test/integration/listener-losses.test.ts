@@ -231,3 +231,49 @@ test("a guest that adopted its load: past its skip nothing counts as lost or dup
     down.unsubscribe();
   }
 });
+
+test("a guest's backlog holds up only that guest: another's page is stored meanwhile, and past 1,024 queued the newest are dropped and counted", async () => {
+  const flood = `lossf${process.pid}`;
+  const quiet = `lossq${process.pid}`;
+  const lid = loadId + 11n;
+  const loaded: ring.LoadedProbe = { instance: "vesper-fixture", formats: formats(), headerPage: read("header_page"), pageSize: 4096, cpus: 1, loadId: lid };
+  for (const g of [flood, quiet]) {
+    const r = await request(nc, subjects.listenerAttach, bus.AttachRequest, bus.AttachResponse, { guest: g, spec, loaded });
+    assert.equal(r.error, undefined);
+  }
+  // The highest page seq each guest has had acknowledged, as it stood when the quiet guest's came.
+  const top = new Map<string, bigint>();
+  let floodTopWhenQuietAcked: bigint | undefined;
+  const subs = [flood, quiet].map((g) =>
+    nc.subscribe(subjects.ringDown(g), {
+      callback: (_e, m) => {
+        const msg = decodeHostMessage(m.data);
+        if (msg.body?.$case !== "ack" || msg.body.value.resend) return;
+        for (const c of msg.body.value.cpus) if (c.seq > (top.get(g) ?? 0n)) top.set(g, c.seq);
+        if (g === quiet && floodTopWhenQuietAcked === undefined) floodTopWhenQuietAcked = top.get(flood) ?? 0n;
+      },
+    }),
+  );
+  const page = pages("basic")[0]!;
+  const up = (g: string, pageSeq: bigint, ackSoon: boolean): void => {
+    seq++;
+    const body: ring.GuestMessage["body"] = { $case: "data", value: { probe: "fixture", pages: [{ cpu: 0, seq: pageSeq, page }], loadId: lid, acked: [], runs: [], ackSoon, skips: [] } };
+    nc.publish(subjects.ringUpData(g), encodeGuestMessage({ version: PROTOCOL_VERSION, guestId: g, seq, body }));
+  };
+  try {
+    // 3,000 pages arrive far faster than their events can be stored (a JetStream round trip each).
+    const N = 3000;
+    for (let s = 1; s <= N; s++) up(flood, BigInt(s), s % 64 === 0);
+    up(quiet, 1n, true);
+    await nc.flush();
+    await waitFor("the quiet guest's page acknowledged", () => top.get(quiet) === 1n, { timeoutMs: 30_000 });
+    await waitFor("every flood message taken or dropped", () => listener.counts(flood).messages === N, { timeoutMs: 60_000 });
+    const c = listener.counts(flood);
+    assert.ok(c.overQuota >= N - 1024 - 64, `the newest past the 1,024 queued were dropped and counted (${c.overQuota} of ${N})`);
+    await waitFor("the flood's accepted pages acknowledged", () => (top.get(flood) ?? 0n) >= BigInt(N - c.overQuota), { timeoutMs: 60_000 });
+    // Behind one queue, the quiet page would have waited for every accepted flood page.
+    assert.ok(floodTopWhenQuietAcked! < BigInt(N - c.overQuota), `the quiet guest's page was stored before the flood's ${N - c.overQuota} accepted pages (${floodTopWhenQuietAcked} of them were acknowledged by then)`);
+  } finally {
+    for (const s of subs) s.unsubscribe();
+  }
+});
