@@ -335,32 +335,42 @@ export class ProbeEngine {
     const event = `${st.group}/${k.name}`;
     const where = k.offset > 0n ? `${k.symbol}+${k.offset}` : k.symbol;
     const def = `${k.isReturn ? "r" : "p"}:${event} ${where}${k.fetchArgs.map((a) => ` ${a}`).join("")}`;
-    const before = await tf.errorLog();
-    try {
-      await appendText(tf.path("kprobe_events"), `${def}\n`);
-    } catch (err) {
-      const errno = errnoOf(err);
-      const kernelLog = kernelLines(newEntries(before, await tf.errorLog()));
-      if (errno === "EEXIST") {
-        throw new ProbeError(
-          R.RESULT_CODE_ALREADY_LOADED,
-          `kprobe ${event} already exists (another frontend with the same group prefix, or left by an earlier run: cleanupStale removes it)`,
-          { cause: err, errno, kernelLog },
-        );
-      }
-      if (errno === "ENOENT" && !(await tf.hasKprobes())) {
-        throw new ProbeError(R.RESULT_CODE_UNSUPPORTED, `this kernel has no kprobes (CONFIG_KPROBE_EVENTS): cannot create kprobe ${event} on symbol ${k.symbol}`, {
-          cause: err,
-          errno,
-        });
-      }
+    const failed = await this.defineDynEvent("kprobe", def);
+    if (failed === undefined) {
+      st.kprobes.push(event);
+      return;
+    }
+    const { err, errno, kernelLog } = failed;
+    if (errno === "EEXIST") {
       throw new ProbeError(
-        R.RESULT_CODE_KERNEL_REFUSED,
-        `the kernel refused kprobe ${event} on ${where} (${errno ?? messageOf(err)}${errno === "ENOENT" ? ": unknown symbol?" : ""}): ${def}`,
+        R.RESULT_CODE_ALREADY_LOADED,
+        `kprobe ${event} already exists (another frontend with the same group prefix, or left by an earlier run: cleanupStale removes it)`,
         { cause: err, errno, kernelLog },
       );
     }
-    st.kprobes.push(event);
+    if (errno === "ENOENT" && !(await tf.hasKprobes())) {
+      throw new ProbeError(R.RESULT_CODE_UNSUPPORTED, `this kernel has no kprobes (CONFIG_KPROBE_EVENTS): cannot create kprobe ${event} on symbol ${k.symbol}`, {
+        cause: err,
+        errno,
+      });
+    }
+    throw new ProbeError(
+      R.RESULT_CODE_KERNEL_REFUSED,
+      `the kernel refused kprobe ${event} on ${where} (${errno ?? messageOf(err)}${errno === "ENOENT" ? ": unknown symbol?" : ""}): ${def}`,
+      { cause: err, errno, kernelLog },
+    );
+  }
+
+  /** Appends one definition to kprobe_events or uprobe_events; on failure, what failed and the error_log lines it wrote. */
+  private async defineDynEvent(kind: DynKind, def: string): Promise<{ err: unknown; errno: string | undefined; kernelLog: string[] } | undefined> {
+    const tf = this.tracefs;
+    const before = await tf.errorLog();
+    try {
+      await appendText(tf.path(DYN_FILE[kind]), `${def}\n`);
+      return undefined;
+    } catch (err) {
+      return { err, errno: errnoOf(err), kernelLog: kernelLines(newEntries(before, await tf.errorLog())) };
+    }
   }
 
   /** Resolves the symbol in the guest's file, then defines the uprobe at its file offset. */
@@ -379,23 +389,21 @@ export class ProbeEngine {
     }
     const where = `${u.path}:0x${offset.toString(16)}`;
     const def = `${u.isReturn ? "r" : "p"}:${event} ${where}${u.fetchArgs.map((a) => ` ${a}`).join("")}`;
-    const before = await tf.errorLog();
-    try {
-      await appendText(tf.path(DYN_FILE.uprobe), `${def}\n`);
-    } catch (err) {
-      const errno = errnoOf(err);
-      const kernelLog = kernelLines(newEntries(before, await tf.errorLog()));
-      if (errno === "EEXIST") {
-        throw new ProbeError(R.RESULT_CODE_ALREADY_LOADED, `uprobe ${event} already exists (left by an earlier run: cleanupStale removes it)`, { cause: err, errno, kernelLog });
-      }
-      const at = u.symbol === "" ? where : `${u.symbol}${u.offset > 0n ? `+${u.offset}` : ""} (${where})`;
-      throw new ProbeError(R.RESULT_CODE_KERNEL_REFUSED, `the kernel refused uprobe ${event} on ${at} (${errno ?? messageOf(err)}): ${def}`, {
-        cause: err,
-        errno,
-        kernelLog,
-      });
+    const failed = await this.defineDynEvent("uprobe", def);
+    if (failed === undefined) {
+      st.uprobes.push(event);
+      return;
     }
-    st.uprobes.push(event);
+    const { err, errno, kernelLog } = failed;
+    if (errno === "EEXIST") {
+      throw new ProbeError(R.RESULT_CODE_ALREADY_LOADED, `uprobe ${event} already exists (left by an earlier run: cleanupStale removes it)`, { cause: err, errno, kernelLog });
+    }
+    const at = u.symbol === "" ? where : `${u.symbol}${u.offset > 0n ? `+${u.offset}` : ""} (${where})`;
+    throw new ProbeError(R.RESULT_CODE_KERNEL_REFUSED, `the kernel refused uprobe ${event} on ${at} (${errno ?? messageOf(err)}): ${def}`, {
+      cause: err,
+      errno,
+      kernelLog,
+    });
   }
 
   private async setFilter(st: ProbeState, ev: EventRef): Promise<void> {
@@ -563,18 +571,18 @@ export class ProbeEngine {
     const instance = tf.instanceName(probe);
     if ((await tf.instances().catch((): string[] => [])).includes(instance)) out.push(`instances/${instance}`);
     const group = tf.kprobeGroup(probe);
-    for (const kind of ["kprobe", "uprobe"] as const) {
-      for (const l of await tf.dynEvents(DYN_FILE[kind])) {
+    const seen = new Set<string>();
+    // dynamic_events lists kprobes and uprobes again (and other kinds): anything of the group there counts too.
+    for (const [file, kind] of [["kprobe_events", "kprobe"], ["uprobe_events", "uprobe"], ["dynamic_events", "event"]] as const) {
+      for (const l of await tf.dynEvents(file)) {
         const p = parseDynEvent(l);
-        if (p !== undefined && p.group === group) out.push(`${kind} ${p.group}/${p.event}`);
+        const event = p === undefined || p.group !== group ? undefined : `${p.group}/${p.event}`;
+        if (event === undefined || seen.has(event)) continue;
+        seen.add(event);
+        out.push(`${kind} ${event}`);
       }
     }
-    // dynamic_events lists both again (and other kinds); anything of the group there counts too.
-    for (const l of await tf.dynamicEvents()) {
-      const p = parseDynEvent(l);
-      if (p !== undefined && p.group === group && !out.some((o) => o.endsWith(` ${p.group}/${p.event}`))) out.push(`event ${p.group}/${p.event}`);
-    }
-    return [...new Set(out)];
+    return out;
   }
 
   /** Removes a probe's instance and kprobe group found in tracefs, without knowing what created them. */

@@ -200,19 +200,10 @@ export class Tracefs {
     }
   }
 
-  /** Lines of kprobe_events (or [] if the kernel has none). */
-  kprobeEvents(): Promise<string[]> {
-    return this.dynEvents("kprobe_events");
-  }
-
   /** Lines of a file of dynamic event definitions (kprobe_events, uprobe_events, dynamic_events), or [] if there is none. */
   async dynEvents(file: "kprobe_events" | "uprobe_events" | "dynamic_events"): Promise<string[]> {
     const text = await readTextOr(this.path(file), "");
     return text.split("\n").filter((l) => l.trim() !== "");
-  }
-
-  dynamicEvents(): Promise<string[]> {
-    return this.dynEvents("dynamic_events");
   }
 
   async instances(): Promise<string[]> {
