@@ -216,6 +216,12 @@ describe("hostile guests", () => {
     assert.equal(early.code, ring.RingErrorCode.RING_ERROR_CODE_UNSOLICITED);
     assert.match(early.message, /before Hello/);
     g.send("ctl", { $case: "result", value: { commandId: 424242n, code: OK, message: "", kernelLog: [], detail: undefined } });
+    const bye = await g.errorFor(g.send("ctl", { $case: "goodbye", value: { reason: "x", probesKept: false } }));
+    assert.equal(bye.code, ring.RingErrorCode.RING_ERROR_CODE_UNSOLICITED);
+    assert.match(bye.message, /goodbye before Hello/);
+    // Another guest's goodbye from this channel: refused, and the good guest stays online (checked below).
+    const fakeBye = await g.errorFor(g.send("ctl", { $case: "goodbye", value: { reason: "x", probesKept: false } }, { guestId: GOOD }));
+    assert.equal(fakeBye.code, ring.RingErrorCode.RING_ERROR_CODE_WRONG_GUEST);
     g.hello();
     const misplaced = await g.errorFor(g.send("ctl", { $case: "data", value: { probe: "exits", pages: [], loadId: 1n, acked: [], runs: [], ackSoon: false, skips: [] } }));
     assert.equal(misplaced.code, ring.RingErrorCode.RING_ERROR_CODE_UNSOLICITED);
@@ -226,8 +232,8 @@ describe("hostile guests", () => {
     const d = await drops(g.id);
     assert.equal(d.ctlMalformed, 1n);
     assert.equal(d.versionMismatch, 1n);
-    assert.equal(d.wrongGuest, 1n);
-    assert.equal(d.unsolicited, 2n);
+    assert.equal(d.wrongGuest, 2n);
+    assert.equal(d.unsolicited, 3n);
     assert.equal(d.unknownResults, 1n);
     assert.equal(d.dataMalformed, 1n);
     assert.equal(d.dataWrongGuest, 1n);

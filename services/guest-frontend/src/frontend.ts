@@ -173,7 +173,7 @@ export class Frontend implements CommandHandler {
       try {
         const got = await this.engine.adopt(meta.spec);
         if (got.cpus !== meta.cpus || got.pageSize !== meta.pageSize) {
-          await this.engine.unload(meta.spec.name).catch(() => undefined);
+          await this.engine.unload(meta.spec.name, { blockedReaders: false }).catch(() => undefined);
           throw new Error(`instance has ${got.cpus} CPUs of ${got.pageSize}-byte pages, the spool ${meta.cpus} of ${meta.pageSize}`);
         }
         const pending = [...r.runs.values()].reduce((n, runs) => n + runs.reduce((m, x) => m + x.count, 0), 0);
@@ -436,7 +436,8 @@ export class Frontend implements CommandHandler {
     // The host detached first (two-phase unload): nobody wants what is still unacknowledged.
     for (const w of rp?.windows ?? []) w.clear();
     this.running.delete(probe);
-    await this.engine.unload(probe);
+    // A probe this process never read (left by an earlier one) has no reader to wake.
+    await this.engine.unload(probe, { blockedReaders: rp !== undefined && !this.readsInLoop(rp) });
     if (rp !== undefined) await Promise.all(rp.pumps);
     rp?.spool?.remove();
     this.log.info({ probe }, "probe unloaded");

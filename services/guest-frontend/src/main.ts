@@ -23,7 +23,7 @@ async function main(): Promise<void> {
   const running = await startFrontend(cfg, log);
   const stop = (sig: string): void => {
     log.info({ sig, keepProbes: cfg.keepProbesOnExit }, cfg.keepProbesOnExit ? "stopping: probes stay for the next frontend" : "stopping: unloading every probe");
-    void running.stop();
+    void running.stop({ reason: sig });
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));

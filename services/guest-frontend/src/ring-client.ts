@@ -5,7 +5,9 @@
  * messages are answered by DataAcks, which the handler checks against what it
  * sent. Any host message that answers nothing outstanding is dropped and counted.
  * If an answer does not come in time (host restarted, bridge reconnected), the
- * client starts over with a new Hello.
+ * client starts over with a new Hello, waiting longer (with jitter) each time no
+ * Welcome comes, so a host that is slow to answer is not buried in Hellos from
+ * every guest at once. A stopping frontend says Goodbye and never starts over.
  */
 import {
   decodeHostMessage,
@@ -31,10 +33,14 @@ export interface CommandHandler {
 
 export interface RingClientOptions {
   guestId: string;
-  /** How long to wait for Welcome before saying Hello again. */
+  /** How long to wait for Welcome before saying Hello again; doubles while none comes. Default 3 s. */
   helloTimeoutMs?: number;
+  /** Longest wait for a Welcome. Default 30 s. */
+  maxHelloTimeoutMs?: number;
   /** Slack on top of the host's idle hold before the idle request counts as lost. */
   idleSlackMs?: number;
+  /** Jitter source, [0, 1). Default Math.random. */
+  random?: () => number;
 }
 
 export interface RingClientStats {
@@ -45,7 +51,11 @@ export interface RingClientStats {
   acks: number;
 }
 
-type Outstanding = { readonly seq: bigint; readonly kind: "hello" | "idle" };
+/** What the client waits for: a Welcome, a Command, or (after a refusal) the end of a pause before its next Hello. */
+type Outstanding = { readonly seq: bigint; readonly kind: "hello" | "idle" | "pause" };
+
+/** Hellos of one round kept for a late Welcome (a slow host answers each of them). */
+const HELLO_ROUND_MAX = 8;
 
 export class RingClient {
   readonly stats: RingClientStats = { hellos: 0, commands: 0, dropped: 0, dataMessages: 0, acks: 0 };
@@ -54,8 +64,15 @@ export class RingClient {
   private idleHoldMs = 5_000;
   private timer: NodeJS.Timeout | undefined;
   private readonly helloTimeoutMs: number;
+  private readonly maxHelloTimeoutMs: number;
   private readonly idleSlackMs: number;
+  private readonly random: () => number;
   private connected = false;
+  private closing = false;
+  /** Hellos sent since the last Welcome, oldest first: a Welcome to any of them will do. */
+  private helloRound: bigint[] = [];
+  /** Hellos in a row that got no Welcome (timed out or refused): the next wait doubles. */
+  private helloFailures = 0;
 
   constructor(
     private readonly transport: GuestTransport,
@@ -64,7 +81,9 @@ export class RingClient {
     private readonly opts: RingClientOptions,
   ) {
     this.helloTimeoutMs = opts.helloTimeoutMs ?? 3_000;
+    this.maxHelloTimeoutMs = Math.max(this.helloTimeoutMs, opts.maxHelloTimeoutMs ?? 30_000);
     this.idleSlackMs = opts.idleSlackMs ?? 5_000;
+    this.random = opts.random ?? Math.random;
   }
 
   /** True once the host has welcomed this client (and until an answer goes missing). */
@@ -114,6 +133,24 @@ export class RingClient {
     return true;
   }
 
+  /**
+   * The frontend is stopping: from now on the client never says Hello again, and it
+   * refuses commands that would load a probe (RESULT_CODE_UNAVAILABLE). Pings and
+   * unloads are still answered while the frontend unloads its probes.
+   */
+  beginClose(): void {
+    this.closing = true;
+  }
+
+  /** Tells the host this frontend stops on purpose (no answer comes). Call after beginClose, last. */
+  async goodbye(value: ring.Goodbye): Promise<void> {
+    this.beginClose();
+    this.outstanding = undefined;
+    clearTimeout(this.timer);
+    this.connected = false;
+    await this.transport.send(FrameKind.Control, this.encode({ $case: "goodbye", value }));
+  }
+
   /** Stats travel with the probe's data, to the probe-listener (the control side refuses them). */
   async sendStats(stats: ring.ProbeStats): Promise<void> {
     await this.transport.send(FrameKind.Data, this.encode({ $case: "stats", value: stats }));
@@ -124,26 +161,43 @@ export class RingClient {
     return encodeGuestMessage({ version: PROTOCOL_VERSION, guestId: this.opts.guestId, seq: this.seq, body });
   }
 
-  private async post(kind: Outstanding["kind"], body: ring.GuestMessage["body"]): Promise<void> {
+  private async post(kind: "hello" | "idle", body: ring.GuestMessage["body"]): Promise<void> {
     const bytes = this.encode(body);
     this.outstanding = { seq: this.seq, kind };
-    this.arm(kind === "hello" ? this.helloTimeoutMs : this.idleHoldMs + this.idleSlackMs);
+    if (kind === "hello") {
+      this.helloRound.push(this.seq);
+      if (this.helloRound.length > HELLO_ROUND_MAX) this.helloRound.shift();
+    }
+    this.arm(kind === "hello" ? this.helloWaitMs() : this.idleHoldMs + this.idleSlackMs);
     await this.transport.send(FrameKind.Control, bytes);
+  }
+
+  /** The wait for a Welcome: doubling per Hello that got none, capped, ±25 % so guests drift apart. */
+  private helloWaitMs(): number {
+    const base = Math.min(this.maxHelloTimeoutMs, this.helloTimeoutMs * 2 ** Math.min(this.helloFailures, 16));
+    return Math.round(base * (0.75 + 0.5 * this.random()));
   }
 
   private arm(ms: number): void {
     clearTimeout(this.timer);
     const expected = this.outstanding;
     this.timer = setTimeout(() => {
-      if (this.outstanding !== expected) return;
-      this.connected = false;
-      this.log.warn({ waitingFor: expected?.kind, ms }, "no answer from host; saying hello again");
-      void this.sayHello().catch((err: unknown) => this.log.error({ err }, "hello failed"));
+      // A starved process runs its timers before the I/O that piled up meanwhile; the
+      // host's answer may be waiting in the socket. Look once more after the poll phase.
+      setImmediate(() => {
+        if (this.outstanding !== expected) return;
+        this.connected = false;
+        if (this.closing) return;
+        if (expected?.kind === "hello") this.helloFailures++;
+        if (expected?.kind !== "pause") this.log.warn({ waitingFor: expected?.kind, ms }, "no answer from host; saying hello again");
+        void this.sayHello().catch((err: unknown) => this.log.error({ err }, "hello failed"));
+      });
     }, ms);
     this.timer.unref();
   }
 
   private async sayHello(): Promise<void> {
+    if (this.closing) return;
     this.stats.hellos++;
     const hello = await this.handler.hello();
     await this.post("hello", { $case: "hello", value: hello });
@@ -169,7 +223,9 @@ export class RingClient {
       return;
     }
     const pending = this.outstanding;
-    if (msg.guestId !== this.opts.guestId || pending === undefined || msg.replyTo !== pending.seq) {
+    // A slow host answers every Hello of a round; the first Welcome to any of them ends the round.
+    const lateWelcome = pending?.kind === "hello" && msg.body?.$case === "welcome" && this.helloRound.includes(msg.replyTo);
+    if (msg.guestId !== this.opts.guestId || pending === undefined || (msg.replyTo !== pending.seq && !lateWelcome)) {
       this.stats.dropped++;
       this.log.warn({ replyTo: String(msg.replyTo), guest: msg.guestId }, "dropping host message that answers nothing outstanding");
       return;
@@ -180,6 +236,8 @@ export class RingClient {
     switch (body?.$case) {
       case "welcome":
         if (pending.kind !== "hello") break;
+        this.helloRound = [];
+        this.helloFailures = 0;
         this.connected = true;
         if (body.value.idleHoldMs > 0) this.idleHoldMs = body.value.idleHoldMs;
         this.log.info({ idleHoldMs: this.idleHoldMs }, "host welcomed us");
@@ -188,7 +246,9 @@ export class RingClient {
         return;
       case "command": {
         this.stats.commands++;
-        const result = await this.handler.handle(body.value);
+        const result = this.closing && body.value.kind?.$case === "load"
+          ? { commandId: body.value.commandId, code: ring.ResultCode.RESULT_CODE_UNAVAILABLE, message: "the guest frontend is stopping; it takes no new probes", kernelLog: [] }
+          : await this.handler.handle(body.value);
         await this.transport.send(FrameKind.Control, this.encode({ $case: "result", value: result }));
         await this.post("idle", { $case: "idle", value: {} });
         return;
@@ -201,7 +261,9 @@ export class RingClient {
     }
     // An error or an answer of the wrong kind: start over after a pause.
     this.connected = false;
-    this.outstanding = { seq: -1n, kind: "hello" };
-    this.arm(this.helloTimeoutMs);
+    this.helloRound = [];
+    this.helloFailures++;
+    this.outstanding = { seq: -1n, kind: "pause" };
+    this.arm(this.helloWaitMs());
   }
 }

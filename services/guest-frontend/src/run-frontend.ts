@@ -14,8 +14,11 @@ import { openTransport } from "./transports/open-transport.js";
 export interface RunningFrontend {
   /** Settles when the ring client stops (after stop(), or when the transport ends). */
   readonly done: Promise<void>;
-  /** Unloads every probe (or leaves them for the next frontend) and closes the channel. */
-  stop(opts?: { keepProbes?: boolean }): Promise<void>;
+  /**
+   * Unloads every probe (or leaves them for the next frontend), says Goodbye so the host
+   * does not take the silence for a lost agent, and closes the channel.
+   */
+  stop(opts?: { keepProbes?: boolean; reason?: string }): Promise<void>;
 }
 
 export async function startFrontend(cfg: FrontendConfig, log: Logger): Promise<RunningFrontend> {
@@ -49,7 +52,14 @@ export async function startFrontend(cfg: FrontendConfig, log: Logger): Promise<R
   return {
     done,
     stop: async (opts = {}) => {
-      await frontend.close({ keepProbes: opts.keepProbes ?? cfg.keepProbesOnExit });
+      const keepProbes = opts.keepProbes ?? cfg.keepProbesOnExit;
+      // No new Hello (and no new probe) while the probes are unloaded: a Hello now would make
+      // the host load them again.
+      client.beginClose();
+      await frontend.close({ keepProbes });
+      await client.goodbye({ reason: opts.reason ?? "stopped", probesKept: keepProbes }).catch((err: unknown) =>
+        log.warn({ err: (err as Error).message }, "could not say goodbye to the host"),
+      );
       abort.abort();
       await done.catch(() => undefined);
     },

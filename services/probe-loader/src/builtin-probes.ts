@@ -331,6 +331,10 @@ export const hostEventDocs: readonly { probe: string; description: string; event
         rebooted: "1 when it came back with a different boot id",
         boot_id: "its boot id now",
       }),
+      ev("agent/left", "A guest frontend said Goodbye: it stops on purpose, so no agent/lost follows its silence.", {
+        reason: "what it gave (the signal that stopped it, or \"stopped\")",
+        probes_kept: "1 when it left its probes loaded for the next frontend (an upgrade)",
+      }),
     ],
   },
 ];

@@ -39,6 +39,8 @@ export class GuestSession {
   lastRttMs: number | undefined;
   /** guest CLOCK_MONOTONIC minus host unix time, ns (NTP-style, ± rtt/2). */
   clockOffsetNs: bigint | undefined;
+  /** The frontend said Goodbye (until its next Hello): why, and when. */
+  left: { reason: string; probesKept: boolean; atMs: number } | undefined;
   private idleSeq: bigint | undefined;
   private holdTimer: NodeJS.Timeout | undefined;
   private readonly queue: Queued[] = [];
@@ -51,7 +53,7 @@ export class GuestSession {
   ) {}
 
   get online(): boolean {
-    return this.hello !== undefined && Date.now() - this.lastSeen < this.opts.offlineAfterMs;
+    return this.hello !== undefined && this.left === undefined && Date.now() - this.lastSeen < this.opts.offlineAfterMs;
   }
 
   touch(): void {
@@ -61,6 +63,7 @@ export class GuestSession {
   /** A new Hello: the guest started over, so whatever it was asked before is void. */
   reset(hello: ring.Hello): void {
     this.hello = hello;
+    this.left = undefined;
     this.idleSeq = undefined;
     clearTimeout(this.holdTimer);
     for (const [id, f] of this.inflight) {
@@ -97,7 +100,15 @@ export class GuestSession {
     });
   }
 
+  /** The frontend said Goodbye: what waits for it fails now, not at its timeout. */
+  leave(goodbye: ring.Goodbye): void {
+    this.touch();
+    this.left = { reason: goodbye.reason, probesKept: goodbye.probesKept, atMs: Date.now() };
+    this.close(`guest ${this.id}'s frontend stopped (${goodbye.reason || "no reason given"})`);
+  }
+
   close(reason: string): void {
+    this.idleSeq = undefined;
     clearTimeout(this.holdTimer);
     const err = new VesperError(ErrorCode.Unavailable, reason);
     for (const f of this.inflight.values()) {

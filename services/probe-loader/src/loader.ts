@@ -49,6 +49,7 @@ const RESULT_ERRORS: Partial<Record<ring.ResultCode, ErrorCode>> = {
   [ring.ResultCode.RESULT_CODE_NOT_LOADED]: ErrorCode.ProbeNotLoaded,
   [ring.ResultCode.RESULT_CODE_KERNEL_REFUSED]: ErrorCode.KernelRefused,
   [ring.ResultCode.RESULT_CODE_UNSUPPORTED]: ErrorCode.Unsupported,
+  [ring.ResultCode.RESULT_CODE_UNAVAILABLE]: ErrorCode.Unavailable,
 };
 
 export class ProbeLoader {
@@ -172,9 +173,12 @@ export class ProbeLoader {
       case "hello":
         this.onHello(guest, msg.seq, body.value);
         return;
+      case "goodbye":
+        this.onGoodbye(guest, msg.seq, body.value);
+        return;
       case "idle": {
         const s = this.sessions.get(guest);
-        if (s?.hello === undefined) {
+        if (s?.hello === undefined || s.left !== undefined) {
           this.counters.unsolicited++;
           drops.unsolicited++;
           this.ringError(guest, msg.seq, ring.RingErrorCode.RING_ERROR_CODE_UNSOLICITED, "idle request before Hello: say Hello first");
@@ -212,6 +216,21 @@ export class ProbeLoader {
     void this.serial(guest, () => this.reconcile(guest, hello)).catch((err: unknown) =>
       this.o.log.error({ guest, err: (err as Error).message }, "reconciling probes failed"),
     );
+  }
+
+  /** The frontend stops on purpose: no heartbeat is due, so its silence is no agent/lost. */
+  private onGoodbye(guest: string, seq: bigint, goodbye: ring.Goodbye): void {
+    const s = this.sessions.get(guest);
+    if (s?.hello === undefined || s.left !== undefined) {
+      this.counters.unsolicited++;
+      this.guestDrops(guest).unsolicited++;
+      this.ringError(guest, seq, ring.RingErrorCode.RING_ERROR_CODE_UNSOLICITED, "goodbye before Hello: nothing to leave");
+      return;
+    }
+    s.leave(goodbye);
+    this.agents.forget(guest);
+    this.o.log.info({ guest, reason: goodbye.reason, probesKept: goodbye.probesKept }, "guest frontend said goodbye");
+    this.publishAgent(guest, "left", `agent:${guest}:left:${s.left!.atMs}`, { reason: goodbye.reason, probes_kept: goodbye.probesKept ? 1 : 0 });
   }
 
   /** Makes the guest's loaded probes match the store: reload what it lost, unload what nobody wants. */
@@ -266,7 +285,7 @@ export class ProbeLoader {
     }
   }
 
-  private publishAgent(guest: string, what: "lost" | "back", msgID: string, fields: Record<string, number | string>): void {
+  private publishAgent(guest: string, what: "lost" | "back" | "left", msgID: string, fields: Record<string, number | string>): void {
     const { nc, log } = this.o;
     const nowNs = BigInt(Date.now()) * 1_000_000n;
     const f: Record<string, api.FieldValue> = {};
@@ -309,6 +328,12 @@ export class ProbeLoader {
     const s = this.sessions.get(guest);
     if (s === undefined) {
       throw new VesperError(ErrorCode.UnknownGuest, `guest ${guest} is not known: it has never connected (see \`vesper guests\`)`);
+    }
+    if (s.left !== undefined) {
+      throw new VesperError(
+        ErrorCode.GuestOffline,
+        `guest ${guest} is offline: its frontend stopped ${Math.round((Date.now() - s.left.atMs) / 1000)} s ago (${s.left.reason || "no reason given"}); it reconnects when it starts again`,
+      );
     }
     if (!s.online) {
       throw new VesperError(

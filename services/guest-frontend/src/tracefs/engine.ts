@@ -127,8 +127,13 @@ export class ProbeEngine {
     return this.serial(() => this.doLoad(spec));
   }
 
-  unload(probe: string): Promise<void> {
-    return this.serial(() => this.doUnload(probe));
+  /**
+   * Removes a probe. `blockedReaders: false` says no read of its buffers can be blocked in
+   * the kernel (urgent readers polled on the event loop, or none): then nothing needs waking,
+   * and the teardown spawns no `taskset` (a fork of the whole frontend per CPU).
+   */
+  unload(probe: string, opts: { blockedReaders?: boolean } = {}): Promise<void> {
+    return this.serial(() => this.doUnload(probe, opts.blockedReaders ?? true));
   }
 
   cleanupStale(): Promise<string[]> {
@@ -307,7 +312,7 @@ export class ProbeEngine {
         loadId: randomBytes(8).readBigUInt64BE(),
       };
     } catch (err) {
-      const left = await this.teardown(st);
+      const left = await this.teardown(st, false); // no reader was started yet
       if (left.length > 0) this.log.error({ probe, left }, "rollback after a failed load left something behind");
       if (err instanceof ProbeError) throw err;
       throw new ProbeError(R.RESULT_CODE_INTERNAL, `loading probe ${probe} failed: ${messageOf(err)}`, { cause: err, errno: errnoOf(err) });
@@ -474,7 +479,7 @@ export class ProbeEngine {
 
   // ---------------------------------------------------------------- unload
 
-  private async doUnload(probe: string): Promise<void> {
+  private async doUnload(probe: string, blockedReaders: boolean): Promise<void> {
     const st = this.probes.get(probe);
     if (st === undefined) {
       // Not ours in this process, but maybe in tracefs (e.g. loaded before a restart).
@@ -485,7 +490,7 @@ export class ProbeEngine {
       if (still.length > 0) throw new ProbeError(R.RESULT_CODE_INTERNAL, `unloading ${probe} left ${still.join(", ")}`, { kernelLog: problems });
       return;
     }
-    const problems = await this.teardown(st);
+    const problems = await this.teardown(st, blockedReaders);
     this.probes.delete(probe);
     const still = await this.leftovers(probe);
     if (still.length > 0) {
@@ -499,14 +504,14 @@ export class ProbeEngine {
    * their fds wakes them on newer ones), events disabled, kprobes removed, instance
    * removed. Best effort throughout; returns what went wrong.
    */
-  private async teardown(st: ProbeState): Promise<string[]> {
+  private async teardown(st: ProbeState, blockedReaders: boolean): Promise<string[]> {
     const problems: string[] = [];
     const note = (what: string, err: unknown): void => {
       problems.push(`${what}: ${errnoOf(err) ?? messageOf(err)}`);
       this.log.warn({ probe: st.spec.name, what, err: messageOf(err) }, "tracefs cleanup step failed");
     };
     st.abort.abort();
-    await wakeReaders(st.dir, st.cpus);
+    if (blockedReaders) await wakeReaders(st.dir, st.cpus);
     await writeText(path.join(st.dir, "tracing_on"), "0").catch((e: unknown) => note("tracing_on 0", e));
     for (const ev of [...st.enabled].reverse()) {
       await writeText(path.join(st.dir, "events", ev.system, ev.name, "enable"), "0").catch((e: unknown) => note(`disable ${ev.system}:${ev.name}`, e));
