@@ -11,8 +11,8 @@ import { mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { ApiError, VesperApiClient } from "@vesper/cli";
-import { ErrorCode, type api } from "@vesper/protocol";
+import { ApiError, formatGuests, VesperApiClient } from "@vesper/cli";
+import { api, ErrorCode } from "@vesper/protocol";
 import { HostProcess } from "../harness/host-process.js";
 import { waitFor } from "../harness/wait.js";
 
@@ -118,7 +118,11 @@ test("a stopped frontend says goodbye: agent/left, no agent/lost, a clear refusa
   const left = await waitFor("agent/left", () => agentEvents.find((e) => e.event === "agent/left"), { timeoutMs: 30_000 });
   assert.equal(left.fields.reason?.kind?.$case === "str" && left.fields.reason.kind.value, "SIGTERM");
   assert.equal(left.fields.probes_kept?.kind?.$case === "int" && left.fields.probes_kept.kind.value, 0n);
-  assert.equal(await online(), false, "the guest is offline at once, not after the offline timeout");
+  const listed = (await client.listGuests()).find((g) => g.id === guest)!;
+  assert.equal(listed.state, api.GuestState.GUEST_STATE_STOPPED, "stopped at once, not offline after the offline timeout");
+  assert.equal(listed.stoppedReason, "SIGTERM");
+  assert.deepEqual(listed.loadedProbes, [], "it unloaded them");
+  assert.match(formatGuests([listed]), new RegExp(`${guest}\\s+stopped \\(SIGTERM\\)`), "`vesper guests` says so");
 
   const refused = await client.insmod({ guest, probe: "sleeps", options: {} }).then(
     () => undefined,

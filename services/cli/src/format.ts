@@ -129,6 +129,8 @@ export function guestStateName(s: api.GuestState): string {
       return "online";
     case api.GuestState.GUEST_STATE_OFFLINE:
       return "offline";
+    case api.GuestState.GUEST_STATE_STOPPED:
+      return "stopped";
     default:
       return "unknown";
   }
@@ -150,7 +152,7 @@ export function formatGuests(guests: readonly api.Guest[], now = Date.now()): st
     ["ID", "STATE", "KERNEL", "PROBES", "LAST SEEN"],
     guests.map((g) => [
       g.id,
-      guestStateName(g.state),
+      g.stoppedReason ? `${guestStateName(g.state)} (${g.stoppedReason})` : guestStateName(g.state),
       g.kernelRelease || "-",
       g.loadedProbes.join(",") || "-",
       ago(g.lastSeenUnixMs, now),
@@ -171,6 +173,7 @@ export function guestToJson(g: api.Guest): Record<string, Json> {
   return {
     id: g.id,
     state: guestStateName(g.state),
+    ...(g.stoppedReason ? { stopped_reason: g.stoppedReason } : {}),
     kernel: g.kernelRelease,
     boot_id: g.bootId,
     transport: g.transport,

@@ -104,6 +104,7 @@ export class GuestSession {
   leave(goodbye: ring.Goodbye): void {
     this.touch();
     this.left = { reason: goodbye.reason, probesKept: goodbye.probesKept, atMs: Date.now() };
+    if (!goodbye.probesKept && this.hello !== undefined) this.hello.loadedProbes = [];
     this.close(`guest ${this.id}'s frontend stopped (${goodbye.reason || "no reason given"})`);
   }
 

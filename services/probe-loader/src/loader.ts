@@ -456,7 +456,8 @@ export class ProbeLoader {
       const caps = s.hello?.capabilities;
       guests.push({
         id: s.id,
-        state: s.online ? api.GuestState.GUEST_STATE_ONLINE : api.GuestState.GUEST_STATE_OFFLINE,
+        state: s.left !== undefined ? api.GuestState.GUEST_STATE_STOPPED : s.online ? api.GuestState.GUEST_STATE_ONLINE : api.GuestState.GUEST_STATE_OFFLINE,
+        stoppedReason: s.left?.reason ?? "",
         kernelRelease: s.hello?.kernelRelease ?? "",
         bootId: s.hello?.bootId ?? "",
         capabilities: caps === undefined || req.withTracepoints === true ? caps : { ...caps, tracepoints: [] },
