@@ -12,7 +12,7 @@
  * bench/load/tick.c whose SIGUSR1 handler calls vesper_tick(); guest i's probe is a uprobe on
  * vesper_tick in its own copy, so a hit fires that guest's probe alone, as in separate kernels.
  *
- *   node --import tsx bench/scale/run.ts [--sizes 1,10,100] [--rate 2] [--seconds 20] [--source uprobe|tracepoint] [--profile DIR] [--result-name scale]
+ *   node --import tsx bench/scale/run.ts [--sizes 1,10,100] [--rate 2] [--seconds 20] [--min-events 200] [--source uprobe|tracepoint] [--profile DIR] [--result-name scale]
  *
  * Reported per size: host CPU (host services = vesper-host + nats-server; frontends apart, since
  * in production they run inside the guests), host services' memory and its growth per guest,
@@ -33,6 +33,12 @@ const PER_PROCESS = Number(argOf("--per-process", "50"));
 const IDLE_HOLD_MS = Number(argOf("--idle-hold-ms", "10000"));
 const RATE = Number(argOf("--rate", "2"));
 const SECONDS = Number(argOf("--seconds", "20"));
+/**
+ * --min-events N: a size is measured at least until N events are due (one guest at 0.5 events/s
+ * would give 10 in 20 s, and the "p99" of 10 is their maximum). Default 200.
+ */
+const MIN_EVENTS = Number(argOf("--min-events", "200"));
+const windowSeconds = (n: number): number => Math.max(SECONDS, Math.ceil(MIN_EVENTS / (n * RATE)));
 const TICK = Number(process.env.SC_CLK_TCK ?? 100);
 /** --profile DIR: V8 CPU profiles of vesper-host and of the first frontends process, written on exit. */
 const PROFILE_DIR = argOf("--profile", "");
@@ -95,7 +101,7 @@ interface SizeResult {
  * killed before they unloaded): instances vesper_s<i>-s<i> and their uprobes. Left there, every
  * signal would still run their filters and every tracefs open walk them, skewing this run.
  */
-function sweepEarlierRuns(): void {
+function sweepEarlierRuns(what = "an interrupted earlier run left"): void {
   const root = "/sys/kernel/tracing";
   if (!existsSync(path.join(root, "instances"))) return;
   const mine = /^vesper_s\d+-s\d+$/;
@@ -125,7 +131,7 @@ function sweepEarlierRuns(): void {
       }
     }
   }
-  if (removed > 0) console.log(`  removed ${removed} tracefs instances and uprobes an interrupted earlier run left`);
+  if (removed > 0) console.log(`  removed ${removed} tracefs instances and uprobes ${what}`);
 }
 
 async function runSize(n: number): Promise<SizeResult> {
@@ -253,7 +259,7 @@ async function runSize(n: number): Promise<SizeResult> {
       t: performance.now(),
     });
     const c0 = sample();
-    await sleep(SECONDS * 1000);
+    await sleep(windowSeconds(n) * 1000);
     const c1 = sample();
     const hostRssMb = rssMb(hostPid) + rssMb(natsPid);
     const feRssMb = pids.reduce((m, p) => m + rssMb(p), 0) / n; // per guest
@@ -293,6 +299,9 @@ async function runSize(n: number): Promise<SizeResult> {
       ),
     );
     for (const t of targets) t.kill("SIGKILL");
+    // At 1,000 instances in one kernel each removal walks all of them (trace_remove_event_call):
+    // frontends still unloading after 60 s were killed. Their leftovers must not load the next size.
+    sweepEarlierRuns("the killed frontends had not unloaded");
     await stack.stop();
     rmSync(binDir, { recursive: true, force: true });
   }
@@ -338,7 +347,7 @@ async function main(): Promise<void> {
     "",
     machineLine(),
     `Each guest = a guest frontend on the host over NATS with its own probe (${SOURCE === "uprobe" ? "a uprobe on vesper_tick in its own copy of bench/load/tick.c, hit by each SIGUSR1 to that process" : "signal_generate filtered on its own parked process"}), firing ${RATE} events/s; ` +
-      `${SECONDS} s measured after a 3 s warm-up; one gRPC watcher on all guests; heartbeat (idle hold) every ${IDLE_HOLD_MS / 1000} s. Host services = vesper-host (loader, listener, gateway, bridge in one process) + nats-server (JetStream). ` +
+      `${SECONDS} s measured after a 3 s warm-up (longer where fewer than ${MIN_EVENTS} events would be due: ${SIZES.map((n) => `${windowSeconds(n)} s at ${n}`).join(", ")}); one gRPC watcher on all guests; heartbeat (idle hold) every ${IDLE_HOLD_MS / 1000} s. Host services = vesper-host (loader, listener, gateway, bridge in one process) + nats-server (JetStream). ` +
       "The frontends share the same 2 cores (in production they run in the guests), so the latency at 100 includes their CPU contention.",
     "",
     table(head, rows),
