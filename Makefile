@@ -62,7 +62,7 @@ clean:
 
 # Benchmarks (not part of `make test`): one command each, results in bench/results/<name>.md + .svg.
 BENCH_RUN := node --import tsx
-.PHONY: bench-latency bench-throughput bench-overhead bench-scale bench-decode
+.PHONY: bench-latency bench-throughput bench-overhead bench-scale bench-scale-uprobe bench-decode
 bench: bench-decode bench-latency bench-throughput bench-overhead bench-scale
 
 bench-decode: build
@@ -79,3 +79,7 @@ bench-overhead: guest-image
 
 bench-scale: build
 	$(BENCH_RUN) bench/scale/run.ts --sizes 1,10,100,1000
+
+# Each guest's probe on its own program (as in separate kernels), at a rate these 2 cores carry for 1,000.
+bench-scale-uprobe: build
+	$(BENCH_RUN) bench/scale/run.ts --sizes 1,10,100,1000 --rate 0.5 --source uprobe --result-name scale-uprobe-rate0.5

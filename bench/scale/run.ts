@@ -343,7 +343,9 @@ async function main(): Promise<void> {
     "",
     ARGS === "" || ARGS === "--sizes 1,10,100,1000"
       ? "Command: `make bench-scale` (= `node --import tsx bench/scale/run.ts --sizes 1,10,100,1000`)"
-      : `Command: \`node --import tsx bench/scale/run.ts ${ARGS}\``,
+      : ARGS === "--sizes 1,10,100,1000 --rate 0.5 --source uprobe --result-name scale-uprobe-rate0.5"
+        ? `Command: \`make bench-scale-uprobe\` (= \`node --import tsx bench/scale/run.ts ${ARGS}\`)`
+        : `Command: \`node --import tsx bench/scale/run.ts ${ARGS}\``,
     "",
     machineLine(),
     `Each guest = a guest frontend on the host over NATS with its own probe (${SOURCE === "uprobe" ? "a uprobe on vesper_tick in its own copy of bench/load/tick.c, hit by each SIGUSR1 to that process" : "signal_generate filtered on its own parked process"}), firing ${RATE} events/s; ` +
