@@ -373,6 +373,9 @@ export class ProbeLoader {
       await s.run({ $case: "unload", value: { probe: spec.name } }, this.commandTimeoutMs).catch(() => undefined);
       throw e;
     }
+    // What ListGuests shows, whether insmod or a reconcile after a Hello loaded it.
+    const has = s.hello?.loadedProbes;
+    if (has !== undefined && !has.includes(spec.name)) has.push(spec.name);
     return loaded;
   }
 
@@ -393,7 +396,6 @@ export class ProbeLoader {
         throw new VesperError(ErrorCode.ProbeAlreadyLoaded, `probe ${spec.name} is already loaded in guest ${guest}; rmmod it first`);
       }
       const loaded = await this.loadAndAttach(guest, spec);
-      s.hello?.loadedProbes.push(spec.name);
       this.o.log.info({ guest, probe: spec.name, instance: loaded.instance }, "probe loaded");
       return { guest, probe: spec.name, instance: loaded.instance, events: specEventNames(spec) };
     });
