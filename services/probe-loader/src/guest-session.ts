@@ -52,8 +52,13 @@ export class GuestSession {
     private readonly opts: GuestSessionOptions,
   ) {}
 
+  /** It said Hello and has not said Goodbye since. */
+  get greeted(): boolean {
+    return this.hello !== undefined && this.left === undefined;
+  }
+
   get online(): boolean {
-    return this.hello !== undefined && this.left === undefined && Date.now() - this.lastSeen < this.opts.offlineAfterMs;
+    return this.greeted && Date.now() - this.lastSeen < this.opts.offlineAfterMs;
   }
 
   touch(): void {
@@ -101,11 +106,13 @@ export class GuestSession {
   }
 
   /** The frontend said Goodbye: what waits for it fails now, not at its timeout. */
-  leave(goodbye: ring.Goodbye): void {
+  leave(goodbye: ring.Goodbye): NonNullable<GuestSession["left"]> {
     this.touch();
-    this.left = { reason: goodbye.reason, probesKept: goodbye.probesKept, atMs: Date.now() };
+    const left = { reason: goodbye.reason, probesKept: goodbye.probesKept, atMs: Date.now() };
+    this.left = left;
     if (!goodbye.probesKept && this.hello !== undefined) this.hello.loadedProbes = [];
     this.close(`guest ${this.id}'s frontend stopped (${goodbye.reason || "no reason given"})`);
+    return left;
   }
 
   close(reason: string): void {

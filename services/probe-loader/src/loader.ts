@@ -178,7 +178,7 @@ export class ProbeLoader {
         return;
       case "idle": {
         const s = this.sessions.get(guest);
-        if (s?.hello === undefined || s.left !== undefined) {
+        if (s?.greeted !== true) {
           this.counters.unsolicited++;
           drops.unsolicited++;
           this.ringError(guest, msg.seq, ring.RingErrorCode.RING_ERROR_CODE_UNSOLICITED, "idle request before Hello: say Hello first");
@@ -221,16 +221,16 @@ export class ProbeLoader {
   /** The frontend stops on purpose: no heartbeat is due, so its silence is no agent/lost. */
   private onGoodbye(guest: string, seq: bigint, goodbye: ring.Goodbye): void {
     const s = this.sessions.get(guest);
-    if (s?.hello === undefined || s.left !== undefined) {
+    if (s?.greeted !== true) {
       this.counters.unsolicited++;
       this.guestDrops(guest).unsolicited++;
       this.ringError(guest, seq, ring.RingErrorCode.RING_ERROR_CODE_UNSOLICITED, "goodbye before Hello: nothing to leave");
       return;
     }
-    s.leave(goodbye);
+    const left = s.leave(goodbye);
     this.agents.forget(guest);
     this.o.log.info({ guest, reason: goodbye.reason, probesKept: goodbye.probesKept }, "guest frontend said goodbye");
-    this.publishAgent(guest, "left", `agent:${guest}:left:${s.left!.atMs}`, { reason: goodbye.reason, probes_kept: goodbye.probesKept ? 1 : 0 });
+    this.publishAgent(guest, "left", `agent:${guest}:left:${left.atMs}`, { reason: goodbye.reason, probes_kept: goodbye.probesKept ? 1 : 0 });
   }
 
   /** Makes the guest's loaded probes match the store: reload what it lost, unload what nobody wants. */

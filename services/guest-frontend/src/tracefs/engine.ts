@@ -339,7 +339,7 @@ export class ProbeEngine {
     const tf = this.tracefs;
     const event = `${st.group}/${k.name}`;
     const where = k.offset > 0n ? `${k.symbol}+${k.offset}` : k.symbol;
-    const def = `${k.isReturn ? "r" : "p"}:${event} ${where}${k.fetchArgs.map((a) => ` ${a}`).join("")}`;
+    const def = dynEventLine(k.isReturn, event, where, k.fetchArgs);
     const failed = await this.defineDynEvent("kprobe", def);
     if (failed === undefined) {
       st.kprobes.push(event);
@@ -393,7 +393,7 @@ export class ProbeEngine {
       }
     }
     const where = `${u.path}:0x${offset.toString(16)}`;
-    const def = `${u.isReturn ? "r" : "p"}:${event} ${where}${u.fetchArgs.map((a) => ` ${a}`).join("")}`;
+    const def = dynEventLine(u.isReturn, event, where, u.fetchArgs);
     const failed = await this.defineDynEvent("uprobe", def);
     if (failed === undefined) {
       st.uprobes.push(event);
@@ -678,6 +678,11 @@ async function wakeReaders(dir: string, cpus: readonly number[]): Promise<void> 
         }),
     ),
   );
+}
+
+/** A kprobe_events / uprobe_events definition: `p:` (or `r:` for a return probe) EVENT WHERE ARGS. */
+function dynEventLine(isReturn: boolean, event: string, where: string, fetchArgs: readonly string[]): string {
+  return `${isReturn ? "r" : "p"}:${event} ${where}${fetchArgs.map((a) => ` ${a}`).join("")}`;
 }
 
 /** The events a probe enables: its kprobes and uprobes (in the probe's own group), then its tracepoints. */
