@@ -2,7 +2,7 @@
  * Detection latency: `kill` inside a QEMU guest -> the exit event at a gRPC WatchEvents client,
  * against the raw one-way latency of the same virtio-serial channel measured in the same run.
  *
- *   node --import tsx bench/latency/run.ts [--kills 200] [--warmup 20] [--gap-ms 60] [--no-nats] [--no-qemu] [--nice N] [--node-flags F] [--trace] [--host-profile DIR]
+ *   node --import tsx bench/latency/run.ts [--kills 200] [--warmup 20] [--gap-ms 60] [--no-nats] [--no-qemu] [--nice N] [--kernel-args "A B"] [--node-flags F] [--trace] [--host-profile DIR]
  *
  * Part 1 (virtio-serial): one guest with a second port org.vesper.bench. A driver in the guest
  * (guest-driver.mjs, node) writes "R <mono>" straight into that port (raw one-way sample), and
@@ -37,6 +37,8 @@ const GAP_MS = Number(argOf("--gap-ms", "60"));
 const NODE_FLAGS = argOf("--node-flags", "") ?? "";
 /** vesper.nice for the guest frontend (the image leaves it at 0). */
 const NICE = argOf("--nice", "") ?? "";
+/** --kernel-args "A B": extra guest kernel parameters (e.g. preempt=full), for experiments on the guest's scheduling. */
+const KERNEL_ARGS = (argOf("--kernel-args", "") ?? "").split(/\s+/).filter((a) => a !== "");
 /** --host-profile DIR: a V8 CPU profile of vesper-host into DIR (written when it stops). */
 const HOST_PROFILE = argOf("--host-profile", "") ?? "";
 /** --trace: the guest frontend logs each page's timing; the breakdown then splits the guest's part. */
@@ -84,7 +86,7 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
     name,
     runDir,
     extraArgs: ["-chardev", `socket,id=ch1,path=${benchSock},server=on,wait=off`, "-device", "virtserialport,chardev=ch1,name=org.vesper.bench"],
-    appendExtra: [...(NODE_FLAGS === "" ? [] : [`vesper.node_flags=${NODE_FLAGS}`]), ...(NICE === "" ? [] : [`vesper.nice=${NICE}`]), ...(TRACE ? ["vesper.log_level=trace"] : [])],
+    appendExtra: [...(NODE_FLAGS === "" ? [] : [`vesper.node_flags=${NODE_FLAGS}`]), ...(NICE === "" ? [] : [`vesper.nice=${NICE}`]), ...KERNEL_ARGS, ...(TRACE ? ["vesper.log_level=trace"] : [])],
   });
   const pin = pinGuestApart(guest, hostPids);
   const pinning = pin.note;

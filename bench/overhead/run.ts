@@ -24,6 +24,8 @@ const REPS = Number(argOf("--reps", "15"));
 const NODE_FLAGS = argOf("--node-flags", "") ?? "";
 /** vesper.nice for the guest frontend (the image leaves it at 0). */
 const NICE = argOf("--nice", "") ?? "";
+/** --kernel-args "A B": extra guest kernel parameters (e.g. preempt=full), for experiments on the guest's scheduling. */
+const KERNEL_ARGS = (argOf("--kernel-args", "") ?? "").split(/\s+/).filter((a) => a !== "");
 const GUEST = "bovh1";
 const T = "/sys/kernel/tracing";
 const I = `${T}/instances/vbench_noread`;
@@ -61,7 +63,7 @@ function cpuDelta(a: GuestCpu, b: GuestCpu): GuestCpu {
 async function main(): Promise<void> {
   const stack = await startStack({ prefix: "vbo" });
   const { client } = stack;
-  const extra = [...(NODE_FLAGS === "" ? [] : [`vesper.node_flags=${NODE_FLAGS}`]), ...(NICE === "" ? [] : [`vesper.nice=${NICE}`])];
+  const extra = [...(NODE_FLAGS === "" ? [] : [`vesper.node_flags=${NODE_FLAGS}`]), ...(NICE === "" ? [] : [`vesper.nice=${NICE}`]), ...KERNEL_ARGS];
   const guest = await bootGuest(stack, GUEST, { appendExtra: extra });
   const pinning = pinGuestApart(guest, [stack.host.pid, stack.nats.pid]).note;
   console.log(pinning);
