@@ -2,7 +2,7 @@
  * Detection latency: `kill` inside a QEMU guest -> the exit event at a gRPC WatchEvents client,
  * against the raw one-way latency of the same virtio-serial channel measured in the same run.
  *
- *   node --import tsx bench/latency/run.ts [--kills 200] [--warmup 20] [--gap-ms 60] [--no-nats] [--no-qemu] [--nice N] [--kernel-args "A B"] [--node-flags F] [--trace] [--host-profile DIR]
+ *   node --import tsx bench/latency/run.ts [--kills 200] [--warmup 20] [--gap-ms 60] [--no-nats] [--no-qemu] [--nice N] [--kernel-args "A B"] [--node-flags F] [--trace] [--host-profile DIR] [--no-floor] [--floor c|js|js-poll]
  *
  * Part 1 (virtio-serial): one guest with a second port org.vesper.bench. A driver in the guest
  * (guest-driver.mjs, node) writes "R <mono>" straight into that port (raw one-way sample), and
@@ -11,11 +11,15 @@
  * sample, uncertainty ±RTT/2; the same offset is used for both series, so the ratio does not
  * depend on it). Vesper path: guest tracefs read -> frame -> qemu-bridge -> NATS -> listener ->
  * JetStream -> gateway -> gRPC.
+ * Floor (virtio-serial, after Vesper's kills, its probe unloaded): the same kills read by page-relay.c,
+ * a static C program in the guest doing the least a tracefs reader can do (blocking read of
+ * trace_pipe_raw, one write of the page into a third port); the host decodes each page it gets.
+ * It shows how much of Vesper's time is the path (tracepoint -> reader wake-up -> port), not the agent.
  * Part 2 (NATS transport): the guest frontend runs on the host (no network in the test guest)
  * probing this host's kernel (sched_process_exit of a uniquely named sleep) over NATS; baseline
  * is a core NATS publish -> subscribe of a timestamp between two connections (same clock).
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
@@ -23,11 +27,12 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { connect } from "@nats-io/transport-node";
 import { VesperApiClient } from "@vesper/cli";
 import { api, subjects } from "@vesper/protocol";
+import { PageDecoder, parseEventFormat, parseHeaderPage } from "../../services/probe-listener/src/ftrace/index.js";
 import { HostProcess } from "../../test/harness/host-process.js";
 import { QemuGuest } from "../../test/harness/qemu-guest.js";
 import { waitFor } from "../../test/harness/wait.js";
 import { startNats } from "../lib/nats-server.js";
-import { pinGuestApart } from "../lib/stack.js";
+import { pinGuestApart, pushFile } from "../lib/stack.js";
 import { argOf, fmt, hasFlag, lineChart, machineLine, median, percentile, REPO_ROOT, table, writeResult, type Series } from "../lib/report.js";
 
 const KILLS = Number(argOf("--kills", "200"));
@@ -43,6 +48,12 @@ const KERNEL_ARGS = (argOf("--kernel-args", "") ?? "").split(/\s+/).filter((a) =
 const HOST_PROFILE = argOf("--host-profile", "") ?? "";
 /** --trace: the guest frontend logs each page's timing; the breakdown then splits the guest's part. */
 const TRACE = hasFlag("--trace");
+/**
+ * --floor c|js|js-poll: the floor's relay in C (page-relay.c, default), or page-relay.mjs under the agent's node
+ * flags with a blocking read (js) or the agent's own event-loop wait (js-poll).
+ */
+const FLOOR = argOf("--floor", "c") ?? "c";
+if (FLOOR !== "c" && FLOOR !== "js" && FLOOR !== "js-poll") throw new Error(`--floor ${FLOOR}: give c, js or js-poll`);
 let natsUrl = "127.0.0.1:4222";
 const now = (): bigint => process.hrtime.bigint();
 const ms = (ns: bigint): number => Number(ns) / 1e6;
@@ -55,6 +66,10 @@ interface PartResult {
   live: number[];
   /** event timestamp (exit tracepoint) -> watcher */
   pipeline: number[];
+  /** kill -> the exit page at the host through page-relay.c (virtio-serial only) */
+  floor?: number[] | undefined;
+  /** the raw channel's samples of the floor's phase (its ratio's baseline: same phase, same clock offset) */
+  floorRaw?: number[] | undefined;
   note: string;
 }
 
@@ -79,13 +94,97 @@ function watchExits(client: VesperApiClient, guest: string, probe: string, signa
   return { ready: stream.ready, exits };
 }
 
+/**
+ * The floor inside the guest: the driver's kills read by page-relay.c alone (a do_exit kprobe filtered
+ * to `sleep`, in an instance of its own, buffer_percent 0), each page length-prefixed into the
+ * org.vesper.relay port. Returns when each page reached the host, by the pid that exited.
+ */
+async function relayFloor(
+  guest: QemuGuest,
+  runDir: string,
+  relaySock: string,
+  drive: () => Promise<{ rawSamples: Array<{ i: number; g: bigint; at: bigint }>; kills: Array<{ i: number; pid: number; g: bigint }> }>,
+  offset: () => Promise<{ off: bigint; rtt: bigint }>,
+): Promise<{
+  rawSamples: Array<{ i: number; g: bigint; at: bigint }>;
+  kills: Array<{ i: number; pid: number; g: bigint }>;
+  pageAt: Map<number, bigint>;
+  pages: number;
+  /** The clock offset measured once the relay runs and again after the kills (defining the kprobe has moved the guest's clock by a millisecond or more). */
+  offsets: [{ off: bigint; rtt: bigint }, { off: bigint; rtt: bigint }];
+}> {
+  let relay: string; // the command, before its two paths
+  let relayMode = ""; // page-relay.mjs's wait, after them
+  if (FLOOR === "c") {
+    const bin = path.join(runDir, "vrelay");
+    execFileSync("gcc", ["-static", "-O2", "-s", "-o", bin, path.join(REPO_ROOT, "bench/latency/page-relay.c")]);
+    await pushFile(guest, bin, "/tmp/vrelay");
+    relay = "/tmp/vrelay";
+  } else {
+    await pushFile(guest, path.join(REPO_ROOT, "bench/latency/page-relay.mjs"), "/tmp/vrelay.mjs", "644");
+    const flags = NODE_FLAGS === "" ? "--jitless" : NODE_FLAGS === "none" ? "" : NODE_FLAGS.split(",").join(" ");
+    relay = `node ${flags} /tmp/vrelay.mjs`;
+    relayMode = FLOOR === "js-poll" ? "poll" : "block";
+  }
+  const T = "/sys/kernel/tracing";
+  const I = `${T}/instances/vbench_relay`;
+  // The event Vesper's watchers see first for a kill: the `process` probe's kprobe on do_exit's entry.
+  const E = `${I}/events/vbench_relay/exit`;
+  const def = await guest.exec(`echo 'p:vbench_relay/exit do_exit' >> ${T}/kprobe_events && echo kprobe-ok`);
+  if (!def.output.includes("kprobe-ok")) throw new Error(`cannot define the relay's do_exit kprobe: ${def.output}`);
+  const header = parseHeaderPage((await guest.exec(`cat ${T}/events/header_page`)).output);
+  const decoder = new PageDecoder([parseEventFormat((await guest.exec(`cat ${T}/events/vbench_relay/exit/format`)).output, "vbench_relay")], header);
+  const sock = await waitFor("relay port", () => new Promise<net.Socket | undefined>((res) => {
+    const s = net.createConnection(relaySock);
+    s.once("connect", () => res(s));
+    s.once("error", () => res(undefined));
+  }), { timeoutMs: 30_000, intervalMs: 100 });
+  const pageAt = new Map<number, bigint>();
+  let pages = 0;
+  let ready = false;
+  let acc: Buffer = Buffer.alloc(0);
+  sock.on("data", (d: Buffer) => {
+    const at = now();
+    acc = acc.length === 0 ? d : Buffer.concat([acc, d]);
+    while (acc.length >= 4 && acc.length >= 4 + acc.readUInt32LE(0)) {
+      const len = acc.readUInt32LE(0);
+      const page = acc.subarray(4, 4 + len);
+      acc = acc.subarray(4 + len);
+      if (len === 0) {
+        ready = true;
+        continue;
+      }
+      pages++;
+      for (const ev of decoder.decode(Uint8Array.prototype.slice.call(page)).events) if (!pageAt.has(ev.pid)) pageAt.set(ev.pid, at);
+    }
+  });
+  const setup = await guest.exec(
+    `mkdir -p ${I} && echo 0 > ${I}/buffer_percent && echo 'comm == "sleep"' > ${E}/filter && echo 1 > ${E}/enable && echo 1 > ${I}/tracing_on && ` +
+      `P=$(for d in /sys/class/virtio-ports/*; do [ "$(cat $d/name)" = org.vesper.relay ] && echo /dev/\${d##*/}; done) && ` +
+      `(${relay} ${I}/per_cpu/cpu0/trace_pipe_raw $P ${relayMode} </dev/null >/tmp/relay.log 2>&1 & echo $! > /tmp/relay.pid) && echo relay-ok`,
+  );
+  if (!setup.output.includes("relay-ok")) throw new Error(`page-relay did not start: ${setup.output}`);
+  try {
+    await waitFor("page relay ready", () => ready, { timeoutMs: 60_000, intervalMs: 50 });
+    const before = await offset();
+    const run = await drive();
+    await waitFor("last relay pages", () => run.kills.every((k) => pageAt.has(k.pid)), { timeoutMs: 10_000 }).catch(() => undefined);
+    return { ...run, pageAt, pages, offsets: [before, await offset()] };
+  } finally {
+    sock.destroy();
+    await guest.exec(`kill $(cat /tmp/relay.pid) 2>/dev/null; echo 0 > ${I}/tracing_on; echo 0 > ${E}/enable; sleep 0.2; rmdir ${I}; echo '-:vbench_relay/exit' >> ${T}/kprobe_events`).catch(() => undefined);
+  }
+}
+
 async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefined>, client: VesperApiClient): Promise<PartResult> {
   const name = "blat1";
   const benchSock = path.join(runDir, "bench.sock");
+  const relaySock = path.join(runDir, "relay.sock");
   const guest = await QemuGuest.start({
     name,
     runDir,
-    extraArgs: ["-chardev", `socket,id=ch1,path=${benchSock},server=on,wait=off`, "-device", "virtserialport,chardev=ch1,name=org.vesper.bench"],
+    extraArgs: ["-chardev", `socket,id=ch1,path=${benchSock},server=on,wait=off`, "-device", "virtserialport,chardev=ch1,name=org.vesper.bench",
+      "-chardev", `socket,id=ch2,path=${relaySock},server=on,wait=off`, "-device", "virtserialport,chardev=ch2,name=org.vesper.relay"],
     appendExtra: [...(NODE_FLAGS === "" ? [] : [`vesper.node_flags=${NODE_FLAGS}`]), ...(NICE === "" ? [] : [`vesper.nice=${NICE}`]), ...KERNEL_ARGS, ...(TRACE ? ["vesper.log_level=trace"] : [])],
   });
   const pin = pinGuestApart(guest, hostPids);
@@ -168,25 +267,28 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
     const wl = watchExits(client, name, "process", ac.signal, true);
     await Promise.all([w.ready, wl.ready]);
     const total = WARMUP + KILLS;
-    sock.write(`G ${total} ${GAP_MS}\n`);
-    const rawSamples: Array<{ i: number; g: bigint; at: bigint }> = [];
-    const kills: Array<{ i: number; pid: number; g: bigint }> = [];
-    for (;;) {
-      const l = await nextLine(() => true, 60_000);
-      const p = l.line.split(" ");
-      if (p[0] === "R") rawSamples.push({ i: Number(p[1]), g: BigInt(p[2]!), at: l.at });
-      else if (p[0] === "K") kills.push({ i: Number(p[1]), pid: Number(p[2]), g: BigInt(p[3]!) });
-      else if (p[0] === "D") break;
-      if (kills.length % 50 === 0 && p[0] === "K") console.log(`  ${kills.length}/${total} kills`);
-    }
+    /** `total` iterations of the driver: a raw sample and a kill each. */
+    const drive = async (): Promise<{ rawSamples: Array<{ i: number; g: bigint; at: bigint }>; kills: Array<{ i: number; pid: number; g: bigint }> }> => {
+      sock.write(`G ${total} ${GAP_MS}\n`);
+      const rawSamples: Array<{ i: number; g: bigint; at: bigint }> = [];
+      const kills: Array<{ i: number; pid: number; g: bigint }> = [];
+      for (;;) {
+        const l = await nextLine(() => true, 60_000);
+        const p = l.line.split(" ");
+        if (p[0] === "R") rawSamples.push({ i: Number(p[1]), g: BigInt(p[2]!), at: l.at });
+        else if (p[0] === "K") kills.push({ i: Number(p[1]), pid: Number(p[2]), g: BigInt(p[3]!) });
+        else if (p[0] === "D") break;
+        if (kills.length % 50 === 0 && p[0] === "K") console.log(`  ${kills.length}/${total} kills`);
+      }
+      return { rawSamples, kills };
+    };
+    const { rawSamples, kills } = await drive();
     await waitFor("last events", () => kills.every((k) => w.exits.has(k.pid)), { timeoutMs: 10_000 }).catch(() => undefined);
     const o2 = await offset(40);
     dsub.unsubscribe();
     esub.unsubscribe();
     await tap.close();
     ac.abort();
-    sock.write("Q\n");
-    sock.destroy();
     const off = o1.rtt <= o2.rtt ? o1.off : o2.off;
     const drift = ms(o2.off - o1.off);
     const raw = rawSamples.filter((s) => s.i >= WARMUP).map((s) => ms(s.at - (s.g - off)));
@@ -211,6 +313,31 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
       pipeline.push(ms(e.at - (e.ts - off)));
     }
     await client.rmmod({ guest: name, probe: "process", flags: 0 }).catch(() => undefined);
+    let floor: number[] | undefined;
+    let floorNote = "";
+    let floorRaw: number[] | undefined;
+    if (!hasFlag("--no-floor")) {
+      const f = await relayFloor(guest, runDir, relaySock, drive, () => offset(40));
+      const [o3, o4] = f.offsets;
+      const foff = o3.rtt <= o4.rtt ? o3.off : o4.off;
+      floor = [];
+      let floorMissing = 0;
+      for (const k of f.kills.filter((k) => k.i >= WARMUP)) {
+        const at = f.pageAt.get(k.pid);
+        if (at === undefined) floorMissing++;
+        else floor.push(ms(at - (k.g - foff)));
+      }
+      const fraw = f.rawSamples.filter((s) => s.i >= WARMUP).map((s) => ms(s.at - (s.g - foff)));
+      floorRaw = fraw;
+      floorNote = `; floor (${FLOOR === "c" ? "page-relay.c" : `page-relay.mjs ${FLOOR === "js" ? "block" : "poll"}`}, ${f.pages} pages, ${floorMissing} kills without a page): kill→page at the host p50 ${median(floor).toFixed(2)} ms (p99 ${percentile(floor, 99).toFixed(2)}), raw in the same phase p50 ${median(fraw).toFixed(2)} ms, offset drift over the phase ${ms(o4.off - o3.off).toFixed(2)} ms`;
+      if (!(median(fraw) > 0)) {
+        // The guest's clock moved against the host's within the phase: both series carry the error.
+        floorNote += " (the guest clock's offset moved during this phase: floor not rated)";
+        floor = undefined;
+      }
+    }
+    sock.write("Q\n");
+    sock.destroy();
     let guestSplit = "";
     if (TRACE) {
       // The frontend's own timing of each page: tracepoint -> read() returned -> written to the port.
@@ -226,13 +353,15 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
       vesper,
       live,
       pipeline,
+      floor,
+      floorRaw,
       note:
         `clock offset from min-RTT ping over the bench port: RTT ${ms(o1.rtt).toFixed(2)}/${ms(o2.rtt).toFixed(2)} ms ` +
         `(before/after), offset drift over the run ${drift.toFixed(2)} ms; ${missing} kills without an event; ${pinning}. ` +
         `Breakdown (medians, ms): kill→exit tracepoint ${median(breakdown.map((b) => b[0]!)).toFixed(2)}, ` +
         `tracepoint→data frame on NATS (guest frontend + virtio-serial + bridge) ${median(breakdown.map((b) => b[1]!)).toFixed(2)}, ` +
         `→event published by the listener ${median(breakdown.map((b) => b[2]!)).toFixed(2)}, ` +
-        `→gRPC watcher (JetStream + gateway + gRPC) ${median(breakdown.map((b) => b[3]!)).toFixed(2)}${guestSplit}`,
+        `→gRPC watcher (JetStream + gateway + gRPC) ${median(breakdown.map((b) => b[3]!)).toFixed(2)}${guestSplit}${floorNote}`,
     };
   } finally {
     if (hasFlag("--frontend-log")) console.log((await guest.exec("tail -60 /tmp/frontend.log").catch(() => ({ output: "" }))).output);
@@ -376,6 +505,7 @@ async function main(): Promise<void> {
       median(p.live).toFixed(2),
       percentile(p.live, 99).toFixed(2),
       `**${(median(p.live) / r50).toFixed(2)}×**`,
+      p.floor === undefined || p.floorRaw === undefined ? "—" : `${median(p.floor).toFixed(2)} (${(median(p.floor) / median(p.floorRaw)).toFixed(2)}×)`,
     ];
   });
   const head = [
@@ -391,6 +521,7 @@ async function main(): Promise<void> {
     "live p50 ms",
     "live p99 ms",
     "ratio p50 live/raw",
+    `floor: ${FLOOR === "c" ? "C" : "JS"} relay p50 ms (÷ raw of its phase)`,
   ];
   console.log(table(head, rows));
   for (const p of parts) console.log(`${p.name}: ${p.note}`);
@@ -399,6 +530,7 @@ async function main(): Promise<void> {
     { name: `${p.name.split(" ")[0]} raw`, points: cdf(p.raw) },
     { name: `${p.name.split(" ")[0]} Vesper`, points: cdf(p.vesper) },
     { name: `${p.name.split(" ")[0]} Vesper live`, points: cdf(p.live) },
+    ...(p.floor === undefined ? [] : [{ name: `${p.name.split(" ")[0]} floor (C relay)`, points: cdf(p.floor) }]),
   ]);
   const md = [
     "# Detection latency (`bench/latency`)",
@@ -415,6 +547,11 @@ async function main(): Promise<void> {
     "  virtio-serial device, read on the host (one-way, guest clock put on the host clock). Vesper = kill() in the guest to the",
     "  `process` probe's exit event at a gRPC WatchEvents client (urgent mode). live = the same kills at a second client watching",
     "  with `live` (WatchEvents{live}: the listener's records before they are stored; both watchers run at once).",
+    "- floor = the same kills again with Vesper's probe unloaded, read in the guest by bench/latency/page-relay.c (static C: a blocking",
+    "  read of trace_pipe_raw, woken at the first event, and one write of the page into a third port), to the page at the host: the",
+    "  least any tracefs reader can do on this path, on the event Vesper's watchers get first (a do_exit kprobe). Its ratio is against the raw",
+    "  channel's p50 in the same phase (in the note). `--floor js` / `--floor js-poll`: the same relay in JavaScript (page-relay.mjs, the agent's",
+    "  node flags) with a blocking read, or with the agent's own event-loop wait.",
     "- raw NATS = core NATS publish of a timestamp to a subscriber on another connection.",
   ].join("\n");
   writeResult("latency", md, lineChart({ title: "Detection latency CDF", xLabel: "ms (log)", yLabel: "% of samples", series, logX: true, markersOnly: false }));
