@@ -2,7 +2,8 @@
  * What a user sees when a load goes wrong in a real guest kernel (Debian 6.1,
  * kprobes available): a symbol or a filter the kernel refuses comes back with the
  * kernel's own error_log lines, nothing is left behind, a second load of the same
- * probe is refused, and a guest that went away is reported offline. Also uprobes in
+ * probe is refused, a frontend stopped with SIGTERM exits and is replaced, and a guest
+ * that went away is reported offline. Also uprobes in
  * that kernel: one on a function of the guest's own (stripped) node binary fires, and
  * a stripped file or a missing one is refused by name.
  */
@@ -120,6 +121,28 @@ test("loading a probe twice is refused; rmmod then leaves nothing", { timeout: 1
   assert.match((await guest.exec("cat /sys/kernel/tracing/kprobe_events")).output, /vesper_process\/exit do_exit/);
   await client.rmmod({ guest: guestId, probe: "process", flags: 0 });
   await tracefsClean();
+});
+
+test("a frontend stopped with SIGTERM exits although its port read is still in the kernel; the next one is welcomed", { timeout: 180_000 }, async () => {
+  const pid = (await guest.exec("cat /run/frontend.pid")).output.trim();
+  assert.match(pid, /^\d+$/);
+  await guest.exec(`kill -TERM ${pid}`);
+  // init.sh logs each exit of the frontend it respawns: 143 = it died of the SIGTERM once it had cleaned up. Before the fix
+  // it never exited: its read loop waited for a port read that only the host's next bytes end.
+  await waitFor(
+    `frontend ${pid} to exit`,
+    async () => (await guest.exec(`grep -c 'frontend pid ${pid} exited with status 143' /tmp/frontend.log`)).output.trim() === "1",
+    { timeoutMs: 60_000, intervalMs: 500 },
+  );
+  await waitFor(
+    "a new frontend to be welcomed",
+    async () => {
+      const now = (await guest.exec("cat /run/frontend.pid")).output.trim();
+      const g = (await client.listGuests()).find((x) => x.id === guestId);
+      return now !== pid && g?.state === 1 ? g : undefined;
+    },
+    { timeoutMs: 120_000, intervalMs: 500 },
+  );
 });
 
 test("a guest that is gone is reported offline, and loads into it fail clearly", { timeout: 120_000 }, async () => {

@@ -60,7 +60,7 @@ before(async () => {
 });
 
 after(async () => {
-  if (frontend !== undefined && frontend.exitCode === null) {
+  if (frontend !== undefined && frontend.exitCode === null && frontend.signalCode === null) {
     frontend.kill("SIGTERM");
     await new Promise((r) => frontend!.once("exit", r));
   }

@@ -102,7 +102,7 @@ before(async () => {
 
 after(async () => {
   frontend?.kill("SIGTERM");
-  if (frontend !== undefined && frontend.exitCode === null) await new Promise((r) => frontend.once("exit", r));
+  if (frontend !== undefined && frontend.exitCode === null && frontend.signalCode === null) await new Promise((r) => frontend.once("exit", r));
   client?.close();
   await host?.stop();
 });
@@ -269,7 +269,7 @@ test("the guest's probe stats reach the probe-listener; the control side refuses
       return (await drops()).statsReports > before.statsReports;
     }, { timeoutMs: 60_000, intervalMs: 500 });
   } finally {
-    await Promise.all(children.map((c) => (c.exitCode === null ? new Promise((r) => c.once("exit", r)) : undefined)));
+    await Promise.all(children.map((c) => (c.exitCode === null && c.signalCode === null ? new Promise((r) => c.once("exit", r)) : undefined)));
   }
   const after = await drops();
   assert.equal(after.unsolicited, before.unsolicited, "no guest message refused as out of place on the control channel");

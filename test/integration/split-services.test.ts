@@ -23,7 +23,7 @@ let client: VesperApiClient | undefined;
 
 after(async () => {
   frontend?.kill("SIGTERM");
-  if (frontend !== undefined && frontend.exitCode === null) await new Promise((r) => frontend!.once("exit", r));
+  if (frontend !== undefined && frontend.exitCode === null && frontend.signalCode === null) await new Promise((r) => frontend!.once("exit", r));
   client?.close();
   for (const h of hosts) await h.stop();
 });

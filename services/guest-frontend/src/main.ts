@@ -21,13 +21,28 @@ async function main(): Promise<void> {
     );
   }
   const running = await startFrontend(cfg, log);
-  const stop = (sig: string): void => {
+  let stoppedBy: NodeJS.Signals | undefined;
+  const stop = (sig: NodeJS.Signals): void => {
+    if (stoppedBy !== undefined) {
+      // A second signal: stop now, without waiting for the clean-up to finish.
+      process.removeAllListeners(sig);
+      process.kill(process.pid, sig);
+      return;
+    }
+    stoppedBy = sig;
     log.info({ sig, keepProbes: cfg.keepProbesOnExit }, cfg.keepProbesOnExit ? "stopping: probes stay for the next frontend" : "stopping: unloading every probe");
     void running.stop({ reason: sig });
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
   await running.done;
+  if (stoppedBy !== undefined) {
+    // Stopped and cleaned up: die of the signal, as a parent expects (status 128+n). A normal exit
+    // would wait for libuv's pool threads, and one can stay blocked in the virtio-serial port's
+    // read until the host next sends something: closing the fd does not end a read in progress.
+    process.removeAllListeners(stoppedBy);
+    process.kill(process.pid, stoppedBy);
+  }
 }
 
 main().catch((err: unknown) => {

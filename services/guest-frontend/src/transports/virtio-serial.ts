@@ -40,6 +40,9 @@ export class VirtioSerialTransport implements GuestTransport {
   /** A read returned data and none has returned 0 ("no host") since: writes will not wait for a host. */
   private hostPresent = false;
   private closed = false;
+  /** Settles (with -1) at close(): a read in the kernel is not ended by closing its fd, so the reader stops waiting for it. */
+  private readonly closing: Promise<number>;
+  private wakeReader!: () => void;
   private readonly decoder: FrameDecoder;
 
   private constructor(
@@ -48,6 +51,7 @@ export class VirtioSerialTransport implements GuestTransport {
     private readonly maxFrameBytes: number,
   ) {
     this.decoder = new FrameDecoder(maxFrameBytes);
+    this.closing = new Promise<number>((resolve) => (this.wakeReader = () => resolve(-1)));
   }
 
   static async open(path: string, log: Logger, maxFrameBytes: number): Promise<VirtioSerialTransport> {
@@ -127,11 +131,13 @@ export class VirtioSerialTransport implements GuestTransport {
     while (!this.closed) {
       let n: number;
       try {
-        n = await readChunk();
+        // A read blocks in the kernel until the host sends something; close() must not wait for that.
+        n = await Promise.race([readChunk(), this.closing]);
       } catch (err) {
         if (this.closed) return;
         throw err;
       }
+      if (this.closed) return;
       this.hostPresent = n > 0;
       if (n === 0) {
         // No host on the other end right now.
@@ -151,6 +157,7 @@ export class VirtioSerialTransport implements GuestTransport {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.wakeReader();
     await this.fh.close().catch(() => undefined);
   }
 }
