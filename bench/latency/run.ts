@@ -2,7 +2,7 @@
  * Detection latency: `kill` inside a QEMU guest -> the exit event at a gRPC WatchEvents client,
  * against the raw one-way latency of the same virtio-serial channel measured in the same run.
  *
- *   node --import tsx bench/latency/run.ts [--kills 200] [--warmup 20] [--gap-ms 60] [--no-nats] [--no-qemu] [--nice N] [--kernel-args "A B"] [--node-flags F] [--trace] [--host-profile DIR] [--no-floor] [--floor c|js|js-poll]
+ *   node --import tsx bench/latency/run.ts [--kills 200] [--warmup 20] [--gap-ms 60] [--no-nats] [--no-qemu] [--nice N] [--kernel-args "A B"] [--node-flags F] [--trace] [--host-profile DIR] [--no-floor] [--floor c|js|js-poll] [--probe process|benchkill]
  *
  * Part 1 (virtio-serial): one guest with a second port org.vesper.bench. A driver in the guest
  * (guest-driver.mjs, node) writes "R <mono>" straight into that port (raw one-way sample), and
@@ -54,6 +54,11 @@ const TRACE = hasFlag("--trace");
  */
 const FLOOR = argOf("--floor", "c") ?? "c";
 if (FLOOR !== "c" && FLOOR !== "js" && FLOOR !== "js-poll") throw new Error(`--floor ${FLOOR}: give c, js or js-poll`);
+/**
+ * --probe NAME: the probe Vesper's watchers see in the guest: `process` (default, the built-in group: exec, fork, exit)
+ * or `benchkill` (only the floor's do_exit kprobe filtered to the victims: the agent then reads what the relay reads).
+ */
+const PROBE = argOf("--probe", "process") ?? "process";
 let natsUrl = "127.0.0.1:4222";
 const now = (): bigint => process.hrtime.bigint();
 const ms = (ns: bigint): number => Number(ns) / 1e6;
@@ -192,8 +197,8 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
   try {
     console.log(`guest booted in ${guest.bootMs} ms; ${pinning}`);
     await waitFor("guest online", async () => (await client.listGuests()).find((g) => g.id === name && g.state === 1), { timeoutMs: 120_000, intervalMs: 200 });
-    await client.rmmod({ guest: name, probe: "process", flags: 1 }).catch(() => undefined);
-    await client.insmod({ guest: name, probe: "process", options: {} });
+    await client.rmmod({ guest: name, probe: PROBE, flags: 1 }).catch(() => undefined);
+    await client.insmod({ guest: name, probe: PROBE, options: {} });
     // driver into the guest, in chunks (console lines are limited)
     const b64 = readFileSync(path.join(REPO_ROOT, "bench/latency/guest-driver.mjs")).toString("base64");
     await guest.exec("rm -f /tmp/d.b64");
@@ -237,16 +242,20 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
     const offset = async (n: number): Promise<{ off: bigint; rtt: bigint }> => {
       let best: { off: bigint; rtt: bigint } | undefined;
       for (let i = 0; i < n; i++) {
+        // An answer to an earlier ping (the start-up pings above go unanswered for a while) would
+        // look like a round trip shorter than possible, and win: only answers that come after this ping count.
+        for (let j = lines.length - 1; j >= 0; j--) if (lines[j]!.line.startsWith("p ")) lines.splice(j, 1);
         const h0 = now();
         sock.write("P\n");
         const r = await nextLine((l) => l.startsWith("p "));
         const h1 = r.at;
         const g = BigInt(r.line.split(" ")[1]!);
         const rtt = h1 - h0;
-        if (best === undefined || rtt < best.rtt) best = { off: g - (h0 + h1) / 2n, rtt };
+        if (rtt > 0n && (best === undefined || rtt < best.rtt)) best = { off: g - (h0 + h1) / 2n, rtt };
         await sleep(5);
       }
-      return best!;
+      if (best === undefined) throw new Error("no ping over the bench port came back after it was sent");
+      return best;
     };
     const o1 = await offset(40);
     // breakdown: when the bridge published the guest's data frame, when the listener published the event
@@ -254,7 +263,7 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
     const dataAt: bigint[] = [];
     const eventAt = new Map<number, bigint>();
     const dsub = tap.subscribe(`vesper.ring.${name}.up.data`, { callback: () => { dataAt.push(now()); } });
-    const esub = tap.subscribe(`vesper.events.${name}.process`, {
+    const esub = tap.subscribe(`vesper.events.${name}.${PROBE}`, {
       callback: (_e, m) => {
         const at = now();
         const r = api.WatchEventsResponse.decode(m.data);
@@ -263,8 +272,8 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
     });
     await tap.flush();
     const ac = new AbortController();
-    const w = watchExits(client, name, "process", ac.signal);
-    const wl = watchExits(client, name, "process", ac.signal, true);
+    const w = watchExits(client, name, PROBE, ac.signal);
+    const wl = watchExits(client, name, PROBE, ac.signal, true);
     await Promise.all([w.ready, wl.ready]);
     const total = WARMUP + KILLS;
     /** `total` iterations of the driver: a raw sample and a kill each. */
@@ -312,7 +321,7 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
       if (d !== undefined && ev !== undefined) breakdown.push([ms(e.ts - k.g), ms(d - (e.ts - off)), ms(ev - d), ms(e.at - ev)]);
       pipeline.push(ms(e.at - (e.ts - off)));
     }
-    await client.rmmod({ guest: name, probe: "process", flags: 0 }).catch(() => undefined);
+    await client.rmmod({ guest: name, probe: PROBE, flags: 0 }).catch(() => undefined);
     let floor: number[] | undefined;
     let floorNote = "";
     let floorRaw: number[] | undefined;
@@ -467,6 +476,15 @@ async function main(): Promise<void> {
       name: "benchexit",
       description: "bench: exits of vlat_sleep",
       tracepoints: [{ system: "sched", event: "sched_process_exit", filter: 'comm == "vlat_sleep"' }],
+      delivery: "urgent",
+    }),
+  );
+  writeFileSync(
+    path.join(probeDir, "benchkill.json"),
+    JSON.stringify({
+      name: "benchkill",
+      description: "bench: do_exit of the guest driver's victims (what the floor's relay reads)",
+      kprobes: [{ name: "exit", symbol: "do_exit", filter: 'comm == "sleep"' }],
       delivery: "urgent",
     }),
   );
