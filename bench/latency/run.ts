@@ -115,7 +115,7 @@ async function relayFloor(
   kills: Array<{ i: number; pid: number; g: bigint }>;
   pageAt: Map<number, bigint>;
   pages: number;
-  /** The clock offset measured once the relay runs and again after the kills (defining the kprobe has moved the guest's clock by a millisecond or more). */
+  /** The clock offset measured once the relay runs and again after the kills (its own, not the main phase's: in two runs the main phase's offset was off by over a millisecond here). */
   offsets: [{ off: bigint; rtt: bigint }, { off: bigint; rtt: bigint }];
 }> {
   let relay: string; // the command, before its two paths
