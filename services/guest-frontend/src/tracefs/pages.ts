@@ -18,6 +18,7 @@ import net from "node:net";
 import path from "node:path";
 import { closeFd, openFd, sleep } from "./fsutil.js";
 import { errnoOf } from "./errors.js";
+import { CoalescingDelay, type CoalescingOptions } from "./coalescing.js";
 import { usedBytes, type PageLayout } from "./page-layout.js";
 
 export interface PageRead {
@@ -56,15 +57,15 @@ export interface ReadPagesOptions {
    */
   minBatchDelayMs?: number;
   /**
-   * Urgent, when minBatchDelayMs is not set: coalesce under load. A read that returns data
-   * less than `windowMs` after the previous one means events are coming fast; the next read
-   * then waits `delayMs`, doubling while the load lasts up to `maxDelayMs`, so the events of
-   * that time share one page (one wake-up, one frame) instead of a page each. The first
-   * event after a quiet spell still goes out at once. false: never wait.
+   * Urgent, when minBatchDelayMs is not set: coalesce under load (CoalescingDelay). Three reads
+   * in a row, each less than `windowMs` after the one before, mean events are coming fast; the
+   * next read then waits `delayMs`, doubling while the load lasts up to `maxDelayMs`, so the
+   * events of that time share one page (one wake-up, one frame) instead of a page each. The
+   * first events after a quiet spell still go out at once. false: never wait.
    * Default { windowMs: 20, delayMs: 10, maxDelayMs: 100 }: under a sustained stream an event waits
    * at most 100 ms (failover takes seconds; every wake-up of the agent costs the guest milliseconds).
    */
-  adaptiveBatch?: { windowMs: number; delayMs: number; maxDelayMs?: number } | false;
+  adaptiveBatch?: CoalescingOptions | false;
   /** Bulk: most pages read in one flush (the rest waits for the next tick). Default 1024. */
   maxPagesPerFlush?: number;
   /** After abort, how long a blocked read may take to return by itself before its fd is closed. Default 25 ms. */
@@ -342,16 +343,12 @@ export class UrgentReader {
   private finish!: (err?: Error) => void;
   private paused = false;
   private pausedDelay = 0;
-  private lastDataAt = -Infinity;
   private emptyReads = 0;
   // One read buffer; what a page holds is copied out (usually a few dozen bytes: pooled).
   private readonly buf: Buffer;
   private readonly batchDelay: number;
-  private readonly adaptive: { windowMs: number; delayMs: number; maxDelayMs?: number } | false;
-  /** The current coalescing delay (grows while reads keep coming fast). */
-  private busyDelay = 0;
-  /** Reads in a row that came fast. */
-  private streak = 0;
+  /** Coalescing under load (opts.adaptiveBatch), unless a fixed minBatchDelayMs is set. */
+  private readonly coalescing: CoalescingDelay | undefined;
   /** Pages the consumer can still take (what onRun or resume said last). */
   private room = 1;
   /** The drain's readv target, made at its first use. */
@@ -372,7 +369,10 @@ export class UrgentReader {
     // A reader waiting for room has no read pending: the abort must end it.
     opts.signal.addEventListener("abort", () => this.paused && this.finish(), { once: true });
     this.batchDelay = opts.minBatchDelayMs ?? 0;
-    this.adaptive = opts.minBatchDelayMs === undefined && opts.adaptiveBatch !== false ? (opts.adaptiveBatch ?? { windowMs: 20, delayMs: 10, maxDelayMs: 100 }) : false;
+    this.coalescing =
+      opts.minBatchDelayMs === undefined && opts.adaptiveBatch !== false
+        ? new CoalescingDelay(opts.adaptiveBatch ?? { windowMs: 20, delayMs: 10, maxDelayMs: 100 })
+        : undefined;
   }
 
   start(): void {
@@ -450,18 +450,7 @@ export class UrgentReader {
 
   /** Pages just read go to the consumer; the next read follows at once, or after a coalescing wait under load. */
   private deliver(run: RunRead): void {
-    const now = performance.now();
-    // Coalesce under load: a read right after another waits a little before the next one (a
-    // little longer while it lasts), so events of a busy spell share a page; the first event
-    // after a quiet spell goes at once. Under emulation every wake-up costs the guest milliseconds.
-    // The interval counts without our own wait: a steady stream makes a streak of fast reads,
-    // and only a streak makes the wait grow (a burst of two events must not cost the next one).
-    const a = this.adaptive;
-    if (a !== false && now - this.lastDataAt - this.busyDelay < a.windowMs) this.streak++;
-    else this.streak = 0;
-    this.busyDelay = a === false || this.streak === 0 ? 0 : Math.min(a.delayMs * 2 ** Math.max(0, this.streak - 3), a.maxDelayMs ?? a.delayMs);
-    const busy = this.busyDelay;
-    this.lastDataAt = now;
+    const busy = this.coalescing?.afterRead(performance.now()) ?? 0;
     const room = this.onRun(run);
     const delay = this.batchDelay > 0 ? this.batchDelay : busy;
     if (room <= 0) {
