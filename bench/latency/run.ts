@@ -470,24 +470,13 @@ async function main(): Promise<void> {
   const runDir = mkdtempSync("/tmp/vbl-");
   const probeDir = path.join(runDir, "probes");
   mkdirSync(probeDir);
-  writeFileSync(
-    path.join(probeDir, "benchexit.json"),
-    JSON.stringify({
-      name: "benchexit",
-      description: "bench: exits of vlat_sleep",
-      tracepoints: [{ system: "sched", event: "sched_process_exit", filter: 'comm == "vlat_sleep"' }],
-      delivery: "urgent",
-    }),
-  );
-  writeFileSync(
-    path.join(probeDir, "benchkill.json"),
-    JSON.stringify({
-      name: "benchkill",
-      description: "bench: do_exit of the guest driver's victims (what the floor's relay reads)",
-      kprobes: [{ name: "exit", symbol: "do_exit", filter: 'comm == "sleep"' }],
-      delivery: "urgent",
-    }),
-  );
+  const probes = [
+    // the NATS part's probe on this host's kernel
+    { name: "benchexit", description: "bench: exits of vlat_sleep", tracepoints: [{ system: "sched", event: "sched_process_exit", filter: 'comm == "vlat_sleep"' }] },
+    // --probe benchkill in the guest
+    { name: "benchkill", description: "bench: do_exit of the guest driver's victims (what the floor's relay reads)", kprobes: [{ name: "exit", symbol: "do_exit", filter: 'comm == "sleep"' }] },
+  ];
+  for (const p of probes) writeFileSync(path.join(probeDir, `${p.name}.json`), JSON.stringify({ ...p, delivery: "urgent" }));
   const nats = await startNats(runDir);
   natsUrl = nats.url;
   // --split: each host service in its own process (the default is all in one, as a single host runs them).
