@@ -40,9 +40,11 @@ export class VirtioSerialTransport implements GuestTransport {
   /** A read returned data and none has returned 0 ("no host") since: writes will not wait for a host. */
   private hostPresent = false;
   private closed = false;
-  /** Settles (with -1) at close(): a read in the kernel is not ended by closing its fd, so the reader stops waiting for it. */
-  private readonly closing: Promise<number>;
-  private wakeReader!: () => void;
+  /**
+   * Ends the pending read's wait with -1. close() calls it: a read in the kernel is not ended by
+   * closing its fd (only the host's next bytes end it), so the reader stops waiting for it.
+   */
+  private abandonRead: (() => void) | undefined;
   private readonly decoder: FrameDecoder;
 
   private constructor(
@@ -51,7 +53,6 @@ export class VirtioSerialTransport implements GuestTransport {
     private readonly maxFrameBytes: number,
   ) {
     this.decoder = new FrameDecoder(maxFrameBytes);
-    this.closing = new Promise<number>((resolve) => (this.wakeReader = () => resolve(-1)));
   }
 
   static async open(path: string, log: Logger, maxFrameBytes: number): Promise<VirtioSerialTransport> {
@@ -127,12 +128,18 @@ export class VirtioSerialTransport implements GuestTransport {
     // fs.read with a callback, not FileHandle.read: the latter's promise machinery cost the
     // interpreted guest about as much as decoding the message it brings.
     const readChunk = (): Promise<number> =>
-      new Promise((resolve, reject) => read(fd, chunk, 0, chunk.length, null, (err, n) => (err === null ? resolve(n) : reject(err))));
+      new Promise((resolve, reject) => {
+        this.abandonRead = () => resolve(-1);
+        read(fd, chunk, 0, chunk.length, null, (err, n) => {
+          this.abandonRead = undefined;
+          if (err === null) resolve(n);
+          else reject(err);
+        });
+      });
     while (!this.closed) {
       let n: number;
       try {
-        // A read blocks in the kernel until the host sends something; close() must not wait for that.
-        n = await Promise.race([readChunk(), this.closing]);
+        n = await readChunk();
       } catch (err) {
         if (this.closed) return;
         throw err;
@@ -157,7 +164,7 @@ export class VirtioSerialTransport implements GuestTransport {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.wakeReader();
+    this.abandonRead?.();
     await this.fh.close().catch(() => undefined);
   }
 }
