@@ -23,12 +23,7 @@ async function main(): Promise<void> {
   const running = await startFrontend(cfg, log);
   let stoppedBy: NodeJS.Signals | undefined;
   const stop = (sig: NodeJS.Signals): void => {
-    if (stoppedBy !== undefined) {
-      // A second signal: stop now, without waiting for the clean-up to finish.
-      process.removeAllListeners(sig);
-      process.kill(process.pid, sig);
-      return;
-    }
+    if (stoppedBy !== undefined) return dieOf(sig); // a second signal: now, without waiting for the clean-up
     stoppedBy = sig;
     log.info({ sig, keepProbes: cfg.keepProbesOnExit }, cfg.keepProbesOnExit ? "stopping: probes stay for the next frontend" : "stopping: unloading every probe");
     void running.stop({ reason: sig });
@@ -36,13 +31,16 @@ async function main(): Promise<void> {
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
   await running.done;
-  if (stoppedBy !== undefined) {
-    // Stopped and cleaned up: die of the signal, as a parent expects (status 128+n). A normal exit
-    // would wait for libuv's pool threads, and one can stay blocked in the virtio-serial port's
-    // read until the host next sends something: closing the fd does not end a read in progress.
-    process.removeAllListeners(stoppedBy);
-    process.kill(process.pid, stoppedBy);
-  }
+  // Stopped and cleaned up: die of the signal, as a parent expects (status 128+n). A normal exit
+  // would wait for libuv's pool threads, and one can stay blocked in the virtio-serial port's
+  // read until the host next sends something: closing the fd does not end a read in progress.
+  if (stoppedBy !== undefined) dieOf(stoppedBy);
+}
+
+/** Ends the process by the signal's default action (no exit handlers, no wait for pool threads). */
+function dieOf(sig: NodeJS.Signals): void {
+  process.removeAllListeners(sig);
+  process.kill(process.pid, sig);
 }
 
 main().catch((err: unknown) => {
