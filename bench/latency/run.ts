@@ -79,6 +79,22 @@ interface PartResult {
 }
 
 type Ev = { pid: number; event: string; ts: bigint; at: bigint };
+/** The guest clock's offset from the host's (guest = host + off), from the ping with the shortest round trip. */
+type ClockOffset = { off: bigint; rtt: bigint };
+/** One run of the guest driver: its raw channel samples and its kills, in guest time. */
+type DriverRun = { rawSamples: Array<{ i: number; g: bigint; at: bigint }>; kills: Array<{ i: number; pid: number; g: bigint }> };
+
+/** The offset of the two with the shorter round trip (the tighter bound). */
+const tighter = (a: ClockOffset, b: ClockOffset): bigint => (a.rtt <= b.rtt ? a.off : b.off);
+
+/** A connection to a QEMU chardev socket (server=on,wait=off), retried until QEMU listens on it. */
+function connectChardev(what: string, sockPath: string): Promise<net.Socket> {
+  return waitFor(what, () => new Promise<net.Socket | undefined>((res) => {
+    const s = net.createConnection(sockPath);
+    s.once("connect", () => res(s));
+    s.once("error", () => res(undefined));
+  }), { timeoutMs: 30_000, intervalMs: 100 });
+}
 
 function watchExits(client: VesperApiClient, guest: string, probe: string, signal: AbortSignal, live = false): { ready: Promise<void>; exits: Map<number, Ev> } {
   const exits = new Map<number, Ev>();
@@ -108,15 +124,13 @@ async function relayFloor(
   guest: QemuGuest,
   runDir: string,
   relaySock: string,
-  drive: () => Promise<{ rawSamples: Array<{ i: number; g: bigint; at: bigint }>; kills: Array<{ i: number; pid: number; g: bigint }> }>,
-  offset: () => Promise<{ off: bigint; rtt: bigint }>,
-): Promise<{
-  rawSamples: Array<{ i: number; g: bigint; at: bigint }>;
-  kills: Array<{ i: number; pid: number; g: bigint }>;
+  drive: () => Promise<DriverRun>,
+  offset: () => Promise<ClockOffset>,
+): Promise<DriverRun & {
   pageAt: Map<number, bigint>;
   pages: number;
   /** The clock offset measured once the relay runs and again after the kills (its own, not the main phase's: in two runs the main phase's offset was off by over a millisecond here). */
-  offsets: [{ off: bigint; rtt: bigint }, { off: bigint; rtt: bigint }];
+  offsets: [ClockOffset, ClockOffset];
 }> {
   let relay: string; // the command, before its two paths
   let relayMode = ""; // page-relay.mjs's wait, after them
@@ -139,11 +153,7 @@ async function relayFloor(
   if (!def.output.includes("kprobe-ok")) throw new Error(`cannot define the relay's do_exit kprobe: ${def.output}`);
   const header = parseHeaderPage((await guest.exec(`cat ${T}/events/header_page`)).output);
   const decoder = new PageDecoder([parseEventFormat((await guest.exec(`cat ${T}/events/vbench_relay/exit/format`)).output, "vbench_relay")], header);
-  const sock = await waitFor("relay port", () => new Promise<net.Socket | undefined>((res) => {
-    const s = net.createConnection(relaySock);
-    s.once("connect", () => res(s));
-    s.once("error", () => res(undefined));
-  }), { timeoutMs: 30_000, intervalMs: 100 });
+  const sock = await connectChardev("relay port", relaySock);
   const pageAt = new Map<number, bigint>();
   let pages = 0;
   let ready = false;
@@ -205,11 +215,7 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
     for (let i = 0; i < b64.length; i += 800) await guest.exec(`echo -n '${b64.slice(i, i + 800)}' >> /tmp/d.b64`);
     await guest.exec("base64 -d /tmp/d.b64 > /tmp/d.mjs && (node /tmp/d.mjs </dev/null >/tmp/d.log 2>&1 &)");
 
-    const sock = await waitFor("bench port", () => new Promise<net.Socket | undefined>((res) => {
-      const s = net.createConnection(benchSock);
-      s.once("connect", () => res(s));
-      s.once("error", () => res(undefined));
-    }), { timeoutMs: 30_000, intervalMs: 100 });
+    const sock = await connectChardev("bench port", benchSock);
     const lines: Array<{ line: string; at: bigint }> = [];
     let waiters: Array<() => void> = [];
     let acc = "";
@@ -239,8 +245,8 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
       sock.write("P\n");
       return await nextLine((l) => l.startsWith("p "), 1000).catch(() => undefined);
     }, { timeoutMs: 60_000, intervalMs: 10 });
-    const offset = async (n: number): Promise<{ off: bigint; rtt: bigint }> => {
-      let best: { off: bigint; rtt: bigint } | undefined;
+    const offset = async (n: number): Promise<ClockOffset> => {
+      let best: ClockOffset | undefined;
       for (let i = 0; i < n; i++) {
         // An answer to an earlier ping (the start-up pings above go unanswered for a while) would
         // look like a round trip shorter than possible, and win: only answers that come after this ping count.
@@ -277,10 +283,10 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
     await Promise.all([w.ready, wl.ready]);
     const total = WARMUP + KILLS;
     /** `total` iterations of the driver: a raw sample and a kill each. */
-    const drive = async (): Promise<{ rawSamples: Array<{ i: number; g: bigint; at: bigint }>; kills: Array<{ i: number; pid: number; g: bigint }> }> => {
+    const drive = async (): Promise<DriverRun> => {
       sock.write(`G ${total} ${GAP_MS}\n`);
-      const rawSamples: Array<{ i: number; g: bigint; at: bigint }> = [];
-      const kills: Array<{ i: number; pid: number; g: bigint }> = [];
+      const rawSamples: DriverRun["rawSamples"] = [];
+      const kills: DriverRun["kills"] = [];
       for (;;) {
         const l = await nextLine(() => true, 60_000);
         const p = l.line.split(" ");
@@ -298,7 +304,7 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
     esub.unsubscribe();
     await tap.close();
     ac.abort();
-    const off = o1.rtt <= o2.rtt ? o1.off : o2.off;
+    const off = tighter(o1, o2);
     const drift = ms(o2.off - o1.off);
     const raw = rawSamples.filter((s) => s.i >= WARMUP).map((s) => ms(s.at - (s.g - off)));
     const vesper: number[] = [];
@@ -328,7 +334,7 @@ async function qemuPart(runDir: string, hostPids: ReadonlyArray<number | undefin
     if (!hasFlag("--no-floor")) {
       const f = await relayFloor(guest, runDir, relaySock, drive, () => offset(40));
       const [o3, o4] = f.offsets;
-      const foff = o3.rtt <= o4.rtt ? o3.off : o4.off;
+      const foff = tighter(o3, o4);
       floor = [];
       let floorMissing = 0;
       for (const k of f.kills.filter((k) => k.i >= WARMUP)) {
@@ -537,7 +543,7 @@ async function main(): Promise<void> {
     { name: `${p.name.split(" ")[0]} raw`, points: cdf(p.raw) },
     { name: `${p.name.split(" ")[0]} Vesper`, points: cdf(p.vesper) },
     { name: `${p.name.split(" ")[0]} Vesper live`, points: cdf(p.live) },
-    ...(p.floor === undefined ? [] : [{ name: `${p.name.split(" ")[0]} floor (C relay)`, points: cdf(p.floor) }]),
+    ...(p.floor === undefined ? [] : [{ name: `${p.name.split(" ")[0]} floor (${FLOOR === "c" ? "C" : "JS"} relay)`, points: cdf(p.floor) }]),
   ]);
   const md = [
     "# Detection latency (`bench/latency`)",
