@@ -2,7 +2,7 @@
  * Throughput in bulk mode: a syscall-heavy load in the guest (N getppid() calls of a static
  * load generator, bench/load/load.c) with raw_syscalls sys_enter/sys_exit enabled (≈2 N events).
  *
- *   node --import tsx bench/throughput/run.ts [--calls 1000000] [--buffer-kb 8192] [--flush-ms 10] [--window-pages N]
+ *   node --import tsx bench/throughput/run.ts [--calls 1000000] [--buffer-kb 8192] [--flush-ms 10] [--window-pages N] [--kernel-args "A B"]
  *
  * Same run, same guest: the load untraced; with the events enabled in a tracefs instance nobody
  * reads (the kernel's own cost); with Vesper's bulk probe read by the host. Reported: events/s
@@ -27,6 +27,8 @@ const FLUSH_MS = Number(argOf("--flush-ms", "10"));
 const NODE_FLAGS = argOf("--node-flags", "");
 /** vesper.window_pages for the guest frontend: pages per CPU sent ahead of the host's acks (default: the frontend's). */
 const WINDOW_PAGES = argOf("--window-pages", "");
+/** --kernel-args "A B": extra guest kernel parameters (e.g. vesper.window_pages=N or preempt=full), for experiments. */
+const KERNEL_ARGS = (argOf("--kernel-args", "") ?? "").split(/\s+/).filter((a) => a !== "");
 const GUEST = "bthr1";
 const PROBE = "syscalls";
 
@@ -50,6 +52,7 @@ async function main(): Promise<void> {
   const appendExtra = [
     ...(NODE_FLAGS === "" ? [] : [`vesper.node_flags=${NODE_FLAGS}`]),
     ...(WINDOW_PAGES === "" ? [] : [`vesper.window_pages=${WINDOW_PAGES}`]),
+    ...KERNEL_ARGS,
   ];
   const guest = await bootGuest(stack, GUEST, { appendExtra });
   const pinning = pinGuestApart(guest, [stack.host.pid, stack.nats.pid]).note;
