@@ -9,6 +9,7 @@
 #   vesper.log_level=L       the frontend's log level (VESPER_LOG_LEVEL; trace adds per-page timing)
 #   vesper.window_pages=N    pages per CPU the frontend sends ahead of the host's acks (VESPER_WINDOW_PAGES)
 #   vesper.urgent_wait=W     how urgent readers wait: epoll (the default) or pool (VESPER_URGENT_WAIT)
+#   vesper.coalesce_max_ms=N longest wait of an urgent event under a stream of events (VESPER_COALESCE_MAX_MS)
 #   vesper.node_flags=F,G    flags for the frontend's node (default --jitless; "none" for none).
 #   vesper.nice=N            the frontend's nice value (default 0; -10: lower detection latency, more cost under an event storm)
 #                            Under TCG emulation V8's JIT costs far more guest CPU than it saves
@@ -49,6 +50,7 @@ for arg in $(cat /proc/cmdline); do
     vesper.log_level=*) LOG_LEVEL="${arg#vesper.log_level=}" ;;
     vesper.window_pages=*) export VESPER_WINDOW_PAGES="${arg#vesper.window_pages=}" ;;
     vesper.urgent_wait=*) URGENT_WAIT="${arg#vesper.urgent_wait=}" ;;
+    vesper.coalesce_max_ms=*) export VESPER_COALESCE_MAX_MS="${arg#vesper.coalesce_max_ms=}" ;;
     vesper.nice=*) NICE="${arg#vesper.nice=}" ;;
   esac
 done

@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { parseArgs } from "node:util";
 import { checkGuestId, DEFAULT_MAX_FRAME_BYTES } from "@vesper/protocol";
-import type { UrgentWait } from "./tracefs/index.js";
+import { DEFAULT_COALESCING, type UrgentWait } from "./tracefs/index.js";
 
 export interface FrontendConfig {
   guestId: string;
@@ -55,6 +55,12 @@ export interface FrontendConfig {
    * tracepoint -> data frame (bench/latency): TCG guest 4.9 -> 4.2-4.35 ms, host 1.96 -> 1.57 ms.
    */
   urgentWait: UrgentWait;
+  /**
+   * Urgent probes under a stream of events: the longest an event waits so that events share a
+   * page (the wait starts at 10 ms and doubles while the stream lasts; the first event after a
+   * quiet spell never waits). Longer: fewer wake-ups of the agent, later events under load.
+   */
+  coalesceMaxMs: number;
   /** On SIGTERM, leave the probes loaded and spooled for the next frontend (an upgrade) instead of unloading them. */
   keepProbesOnExit: boolean;
 }
@@ -62,7 +68,7 @@ export interface FrontendConfig {
 export const FRONTEND_USAGE = `usage: guest-frontend [--guest-id ID] [--transport virtio-serial|nats] [--port-name NAME]
        [--nats URL] [--nats-user U --nats-pass P | --nats-token T] [--instance-prefix P] [--tracefs DIR] [--no-oom-protect]
        [--spool-dir DIR (default /run/vesper/spool; "" for none)] [--window-pages N] [--ack-timeout-ms MS] [--keep-probes-on-exit]
-       [--urgent-wait pool|epoll] [--nice N]`;
+       [--urgent-wait pool|epoll] [--coalesce-max-ms MS] [--nice N]`;
 
 function intIn(name: string, v: string | undefined, dflt: number, min: number, max: number): number {
   if (v === undefined) return dflt;
@@ -106,6 +112,7 @@ export function loadFrontendConfig(argv: string[], env: NodeJS.ProcessEnv = proc
       "spool-dir": { type: "string" },
       "window-pages": { type: "string" },
       "urgent-wait": { type: "string" },
+      "coalesce-max-ms": { type: "string" },
       "ack-timeout-ms": { type: "string" },
       "keep-probes-on-exit": { type: "boolean" },
       nice: { type: "string" },
@@ -143,6 +150,7 @@ export function loadFrontendConfig(argv: string[], env: NodeJS.ProcessEnv = proc
     ackTimeoutMs: intIn("--ack-timeout-ms", values["ack-timeout-ms"] ?? env.VESPER_ACK_TIMEOUT_MS, 2_000, 50, 600_000),
     keepProbesOnExit: values["keep-probes-on-exit"] === true || env.VESPER_KEEP_PROBES_ON_EXIT === "1",
     urgentWait: urgentWaitOf(values["urgent-wait"] ?? env.VESPER_URGENT_WAIT ?? "epoll"),
+    coalesceMaxMs: intIn("--coalesce-max-ms", values["coalesce-max-ms"] ?? env.VESPER_COALESCE_MAX_MS, DEFAULT_COALESCING.maxDelayMs, 10, 10_000),
     nice: optionalInt("--nice", values.nice ?? env.VESPER_NICE, -20, 19),
   };
 }

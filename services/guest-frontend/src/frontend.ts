@@ -14,7 +14,7 @@ import { ErrorCode, isVesperError, ring, type Logger } from "@vesper/protocol";
 import type { CommandHandler, RingClient } from "./ring-client.js";
 import { SendWindow, type OutRun } from "./send-window.js";
 import { ProbeSpool, type RecoveredSpool } from "./spool.js";
-import { ProbeError, readPageRuns, startUrgentReader, urgentReadsInLoop, type ProbeEngine, type RunRead, type Tracefs, type UrgentReader, type UrgentWait } from "./tracefs/index.js";
+import { DEFAULT_COALESCING, ProbeError, readPageRuns, startUrgentReader, urgentReadsInLoop, type ProbeEngine, type RunRead, type Tracefs, type UrgentReader, type UrgentWait } from "./tracefs/index.js";
 
 const AGENT_VERSION = "0.2.0";
 
@@ -33,6 +33,8 @@ export interface FrontendOptions {
   maxMessageBytes: number;
   /** How urgent readers wait for pages (default "epoll"). */
   urgentWait?: UrgentWait;
+  /** Urgent readers under a stream of events: the longest coalescing wait (default: the reader's, 250 ms). */
+  coalesceMaxMs?: number;
   /** The process's nice value, set by applyPriority() (needs root below 0); undefined: left alone. */
   nice?: number;
 }
@@ -255,6 +257,7 @@ export class Frontend implements CommandHandler {
         maxPagesPerBatch: perBatch,
         layout: this.engine.pageLayout(spec.name),
         urgentWait: this.o.urgentWait,
+        ...(this.o.coalesceMaxMs === undefined ? {} : { adaptiveBatch: { ...DEFAULT_COALESCING, maxDelayMs: this.o.coalesceMaxMs } }),
       };
       const dir = this.engine.instanceDir(spec.name);
       if (mode === "urgent") rp.pumps.push(this.urgentPump(spec.name, dir, cpu, rp, opts));

@@ -30,6 +30,7 @@ export async function startFrontend(cfg: FrontendConfig, log: Logger): Promise<R
     windowPages: cfg.windowPages,
     ackTimeoutMs: cfg.ackTimeoutMs,
     urgentWait: cfg.urgentWait,
+    coalesceMaxMs: cfg.coalesceMaxMs,
     ...(cfg.nice === undefined ? {} : { nice: cfg.nice }),
     maxPagesPerMessage: 64,
     // Room for the message's own fields under the frame limit.

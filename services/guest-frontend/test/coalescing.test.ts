@@ -44,3 +44,33 @@ test("our own wait does not count as quiet: after waiting 40 ms, a read that fin
   assert.equal(w, 40);
   assert.equal(c.afterRead(t), 80); // t = previous read + 40 ms wait + 5 ms: fast
 });
+
+test("a wait that caught fewer than one event per window ends the streak: the next event goes at once", () => {
+  const c = new CoalescingDelay(opts);
+  let t = 0;
+  for (let i = 0; i < 3; i++) t += c.afterRead(t, 1) + 5; // a burst: the third read arms 10 ms
+  assert.equal(c.eventsToGoOn, 1);
+  assert.equal(c.afterRead(t, 2), 10); // 2 events in 10 ms: still fast
+  t += 10 + 1;
+  assert.equal(c.afterRead(t, 1), 20); // one in 10 ms: still fast, doubles
+  t += 20 + 1;
+  assert.equal(c.eventsToGoOn, 1);
+  assert.equal(c.afterRead(t, 1), 40); // one event per 20 ms window: goes on
+  t += 40 + 1;
+  assert.equal(c.eventsToGoOn, 2);
+  assert.equal(c.afterRead(t, 1), 0, "one event in 40 ms is a trickle (25/s): no wait, no doubling to 80");
+  assert.equal(c.eventsToGoOn, 0);
+  assert.equal(c.afterRead(t + 30, 1), 0);
+});
+
+test("a stream faster than one event per window still waits up to the maximum", () => {
+  const c = new CoalescingDelay(opts);
+  let t = 0;
+  const waits: number[] = [];
+  for (let i = 0; i < 9; i++) {
+    const w = c.afterRead(t, c.eventsToGoOn * 3); // three times the rate that keeps it going
+    waits.push(w);
+    t += w + 1;
+  }
+  assert.deepEqual(waits, [0, 0, 10, 10, 20, 40, 80, 100, 100]);
+});

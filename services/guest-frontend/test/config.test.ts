@@ -12,3 +12,10 @@ test("--nice (or VESPER_NICE) sets the frontend's nice value; unset leaves it al
   assert.throws(() => loadFrontendConfig([...base, "--nice=-21"], {}), /--nice must be an integer in \[-20, 19\]/);
   assert.throws(() => loadFrontendConfig(base, { VESPER_NICE: "high" }), /--nice must be an integer/);
 });
+
+test("--coalesce-max-ms (or VESPER_COALESCE_MAX_MS) bounds the urgent readers' wait under load; default 250 ms", () => {
+  assert.equal(loadFrontendConfig(base, {}).coalesceMaxMs, 250);
+  assert.equal(loadFrontendConfig([...base, "--coalesce-max-ms", "100"], {}).coalesceMaxMs, 100);
+  assert.equal(loadFrontendConfig(base, { VESPER_COALESCE_MAX_MS: "40" }).coalesceMaxMs, 40);
+  assert.throws(() => loadFrontendConfig([...base, "--coalesce-max-ms", "5"], {}), /--coalesce-max-ms must be an integer in \[10, 10000\]/);
+});

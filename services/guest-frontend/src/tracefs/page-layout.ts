@@ -39,3 +39,38 @@ export function usedBytes(buf: Buffer, off: number, n: number, layout: PageLayou
   const used = layout.dataOffset + (word & COMMIT_MASK) + (word & MISSED_STORED ? layout.commitSize : 0);
   return used <= n ? used : n;
 }
+
+const TYPE_PADDING = 29;
+
+/**
+ * Event records in a run's pages (page i at i * pageSize, `lastLength` bytes in the last), counted
+ * up to `limit`: time records and padding are not events. A record that makes no sense ends the
+ * count (the host judges the page); with no layout nothing is known and the answer is `limit`.
+ */
+export function countEvents(data: Buffer, count: number, pageSize: number, lastLength: number, layout: PageLayout | undefined, limit: number): number {
+  if (layout === undefined) return limit;
+  let events = 0;
+  for (let i = 0; i < count && events < limit; i++) {
+    const off = i * pageSize;
+    const n = i < count - 1 ? pageSize : lastLength;
+    if (n < layout.dataOffset) break;
+    const end = off + Math.min(n, layout.dataOffset + (data.readUInt32LE(off + layout.commitOffset) & COMMIT_MASK));
+    let p = off + layout.dataOffset;
+    while (p + 4 <= end && events < limit) {
+      const hdr = data.readUInt32LE(p);
+      const typeLen = hdr & 31;
+      if (typeLen >= 1 && typeLen <= 28) {
+        events++;
+        p += 4 + typeLen * 4;
+      } else if (typeLen === 0 || typeLen === TYPE_PADDING) {
+        if (typeLen === TYPE_PADDING && hdr >>> 5 === 0) break; // the rest of the page is padding
+        if (p + 8 > end) break;
+        const len = data.readUInt32LE(p + 4); // includes its own word
+        if (len < 4) break;
+        if (typeLen === 0) events++;
+        p += 4 + len;
+      } else p += 8; // time extend or absolute time stamp: two words
+    }
+  }
+  return Math.min(events, limit);
+}

@@ -18,8 +18,8 @@ import net from "node:net";
 import path from "node:path";
 import { closeFd, openFd, sleep } from "./fsutil.js";
 import { errnoOf } from "./errors.js";
-import { CoalescingDelay, type CoalescingOptions } from "./coalescing.js";
-import { usedBytes, type PageLayout } from "./page-layout.js";
+import { CoalescingDelay, DEFAULT_COALESCING, type CoalescingOptions } from "./coalescing.js";
+import { countEvents, usedBytes, type PageLayout } from "./page-layout.js";
 
 export interface PageRead {
   cpu: number;
@@ -62,8 +62,8 @@ export interface ReadPagesOptions {
    * next read then waits `delayMs`, doubling while the load lasts up to `maxDelayMs`, so the
    * events of that time share one page (one wake-up, one frame) instead of a page each. The
    * first events after a quiet spell still go out at once. false: never wait.
-   * Default { windowMs: 20, delayMs: 10, maxDelayMs: 100 }: under a sustained stream an event waits
-   * at most 100 ms (failover takes seconds; every wake-up of the agent costs the guest milliseconds).
+   * Default DEFAULT_COALESCING { windowMs: 20, delayMs: 10, maxDelayMs: 250 }: under a sustained stream an event waits
+   * at most 250 ms (failover takes seconds; every wake-up of the agent costs the guest milliseconds).
    */
   adaptiveBatch?: CoalescingOptions | false;
   /** Bulk: most pages read in one flush (the rest waits for the next tick). Default 1024. */
@@ -371,7 +371,7 @@ export class UrgentReader {
     this.batchDelay = opts.minBatchDelayMs ?? 0;
     this.coalescing =
       opts.minBatchDelayMs === undefined && opts.adaptiveBatch !== false
-        ? new CoalescingDelay(opts.adaptiveBatch ?? { windowMs: 20, delayMs: 10, maxDelayMs: 100 })
+        ? new CoalescingDelay(opts.adaptiveBatch ?? DEFAULT_COALESCING)
         : undefined;
   }
 
@@ -448,7 +448,10 @@ export class UrgentReader {
 
   /** Pages just read go to the consumer; the next read follows at once, or after a coalescing wait under load. */
   private deliver(run: RunRead): void {
-    const busy = this.coalescing?.afterRead(performance.now()) ?? 0;
+    const c = this.coalescing;
+    const need = c?.eventsToGoOn ?? 0;
+    const events = need > 0 ? countEvents(run.data, run.count, run.pageSize, run.lastLength, this.opts.layout, need) : Infinity;
+    const busy = c?.afterRead(performance.now(), events) ?? 0;
     const room = this.onRun(run);
     const delay = this.batchDelay > 0 ? this.batchDelay : busy;
     if (room <= 0) {
