@@ -17,7 +17,7 @@ export interface CoalescingOptions {
  * Failover takes seconds; under a stream of events every wake-up of the agent costs the guest
  * milliseconds. So while events come faster than one per 20 ms, an event waits up to 250 ms for
  * company (the frontend's --coalesce-max-ms). Measured on a fork/exit storm in the TCG guest
- * (bench/overhead): the agent's own CPU 2.6-2.9 % of the run at 250 ms against 3.9-5.2 % at 100.
+ * (bench/overhead): the agent's own CPU 2.6-3.0 % of the run at 250 ms against 3.9-5.2 % at 100 (4 runs each).
  */
 export const DEFAULT_COALESCING: Readonly<Required<CoalescingOptions>> = { windowMs: 20, delayMs: 10, maxDelayMs: 250 };
 
