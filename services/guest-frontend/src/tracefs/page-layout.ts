@@ -72,5 +72,5 @@ export function countEvents(data: Buffer, count: number, pageSize: number, lastL
       } else p += 8; // time extend or absolute time stamp: two words
     }
   }
-  return Math.min(events, limit);
+  return events;
 }

@@ -464,17 +464,21 @@ export class UrgentReader {
   }
 }
 
-/**
- * The run in the first `bytes` bytes of a read buffer (whole pages, the last cut after what it
- * holds), copied out: the consumer keeps it until it is acknowledged, the buffer is read into again.
- */
-function runOf(cpu: number, buf: Buffer, bytes: number, pageSize: number, layout: PageLayout | undefined): RunRead {
+/** The run in the first `bytes` bytes of a read buffer (whole pages, the last cut after what it holds), as a view of it. */
+function runView(cpu: number, buf: Buffer, bytes: number, pageSize: number, layout: PageLayout | undefined): RunRead {
   const count = Math.ceil(bytes / pageSize);
   const lastOff = (count - 1) * pageSize;
   const lastLength = usedBytes(buf, lastOff, bytes - lastOff, layout);
-  const data = Buffer.allocUnsafe(lastOff + lastLength); // small runs share Node's pool, as Buffer.from did
-  buf.copy(data, 0, 0, data.length);
-  return { cpu, count, pageSize, lastLength, data };
+  return { cpu, count, pageSize, lastLength, data: buf.subarray(0, lastOff + lastLength) };
+}
+
+/** runView, copied out: the consumer keeps the run until it is acknowledged, the buffer is read into again. */
+function runOf(cpu: number, buf: Buffer, bytes: number, pageSize: number, layout: PageLayout | undefined): RunRead {
+  const run = runView(cpu, buf, bytes, pageSize, layout);
+  const data = Buffer.allocUnsafe(run.data.length); // small runs share Node's pool, as Buffer.from did
+  run.data.copy(data);
+  run.data = data;
+  return run;
 }
 
 /**
@@ -504,14 +508,10 @@ export class ReadBatch {
 
   /** The run in the first `bytes` bytes of the current buffer; the buffer is handed over with it when it is at least half full. */
   take(cpu: number, bytes: number, layout: PageLayout | undefined): RunRead {
-    const { pageSize } = this;
-    const count = Math.ceil(bytes / pageSize);
-    if (count * 2 < this.pages) return runOf(cpu, this.scratch.buf, bytes, pageSize, layout);
-    const lastOff = (count - 1) * pageSize;
-    const lastLength = usedBytes(this.scratch.buf, lastOff, bytes - lastOff, layout);
-    const data = this.scratch.buf.subarray(0, lastOff + lastLength);
-    this.scratch = scratchPages(this.pages, pageSize);
-    return { cpu, count, pageSize, lastLength, data };
+    if (Math.ceil(bytes / this.pageSize) * 2 < this.pages) return runOf(cpu, this.scratch.buf, bytes, this.pageSize, layout);
+    const run = runView(cpu, this.scratch.buf, bytes, this.pageSize, layout);
+    this.scratch = scratchPages(this.pages, this.pageSize);
+    return run;
   }
 }
 
